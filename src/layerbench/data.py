@@ -1,0 +1,154 @@
+"""Synthetic multi-step arithmetic: the default study's task.
+
+The task is built so that RL has two different things to learn, and the
+report can tell them apart:
+
+* **Finishing inside the cap.** Demonstrations mix a verbose style (most of
+  them) with a terse one. Under greedy decoding the SFT model writes the
+  verbose style, which overruns the training completion cap on longer
+  problems. Learning to answer tersely raises accuracy *at the cap* only.
+* **Being right more often.** When a step's result is negative, most
+  demonstrations make a systematic "sign slip" (they write |result| and carry
+  on from it). That is a real reasoning error: fixing it raises accuracy at
+  every budget, including budgets where nothing is cut off.
+
+Everything is a pure function of the seed, so the same config gives the same
+files byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerbench.answers import format_answer
+from layerbench.io import atomic_write_text
+
+VERBOSE_OPENING = "Let's go step by step."
+VERBOSE_CLOSING = "So the answer is"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Shape of the synthetic arithmetic task (``data`` section of a study)."""
+
+    n_train: int = 4000
+    n_test: int = 200
+    min_ops: int = 1
+    max_ops: int = 3
+    max_operand: int = 99
+    verbose_share: float = 0.75
+    sign_slip_share: float = 0.6
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Problem:
+    operands: tuple[int, ...]
+    operators: tuple[str, ...]
+
+    @property
+    def question(self) -> str:
+        text = str(self.operands[0])
+        for op, value in zip(self.operators, self.operands[1:]):
+            text += f"{op}{value}"
+        return f"{text}=?"
+
+    def steps(self, sign_slip: bool = False) -> list[tuple[int, str, int, int]]:
+        """(left, op, right, result) per step; with ``sign_slip`` negative
+        results are written as their absolute value and the chain continues
+        from the wrong value, as a student with that misconception would."""
+        out, total = [], self.operands[0]
+        for op, value in zip(self.operators, self.operands[1:]):
+            result = total + value if op == "+" else total - value
+            if sign_slip:
+                result = abs(result)
+            out.append((total, op, value, result))
+            total = result
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.steps()[-1][3]
+
+    @property
+    def has_negative_step(self) -> bool:
+        return any(result < 0 for *_, result in self.steps())
+
+
+def prompt_text(problem: Problem) -> str:
+    """The prompt every stage uses: SFT, RL rollouts and the lm-eval task."""
+    return f"Q: {problem.question} A:"
+
+
+def solution_text(problem: Problem, verbose: bool, sign_slip: bool) -> str:
+    """A worked solution; starts with a space so it tokenises the same way
+    whether it is generated after the prompt or encoded on its own."""
+    steps = problem.steps(sign_slip=sign_slip)
+    final = steps[-1][3]
+    if verbose:
+        body = " ".join(
+            f"Step {i}: {a}{op}{b}={r}." for i, (a, op, b, r) in enumerate(steps, 1)
+        )
+        return f" {VERBOSE_OPENING} {body} {VERBOSE_CLOSING} {format_answer(final)}"
+    body = " ".join(f"{a}{op}{b}={r}." for a, op, b, r in steps)
+    return f" {body} {format_answer(final)}"
+
+
+def sample_problem(rng: random.Random, spec: TaskSpec) -> Problem:
+    n_ops = rng.randint(spec.min_ops, spec.max_ops)
+    operands = tuple(rng.randint(1, spec.max_operand) for _ in range(n_ops + 1))
+    operators = tuple(rng.choice("+-") for _ in range(n_ops))
+    return Problem(operands, operators)
+
+
+def build_splits(spec: TaskSpec) -> dict[str, list[dict]]:
+    """Train and test problems (disjoint by question) plus SFT demonstrations
+    drawn from the train problems."""
+    rng = random.Random(spec.seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {"train": [], "test": [], "sft": []}
+    for split, n in (("test", spec.n_test), ("train", spec.n_train)):
+        while len(splits[split]) < n:
+            problem = sample_problem(rng, spec)
+            if problem.question in seen:
+                continue
+            seen.add(problem.question)
+            record = {
+                "question": problem.question,
+                "prompt": prompt_text(problem),
+                "answer": str(problem.answer),
+                "n_ops": len(problem.operators),
+                "has_negative_step": problem.has_negative_step,
+            }
+            splits[split].append(record)
+            if split == "train":
+                verbose = rng.random() < spec.verbose_share
+                slip = problem.has_negative_step and rng.random() < spec.sign_slip_share
+                splits["sft"].append(
+                    {
+                        "prompt": record["prompt"],
+                        "completion": solution_text(problem, verbose, slip),
+                        "verbose": verbose,
+                        "sign_slip": slip,
+                    }
+                )
+    return splits
+
+
+def write_splits(spec: TaskSpec, out_dir: Path) -> dict[str, Path]:
+    """Write ``train.jsonl``, ``test.jsonl`` and ``sft.jsonl`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, records in build_splits(spec).items():
+        path = out_dir / f"{name}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        paths[name] = path
+    return paths
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,220 @@
+"""RL for one (arm, seed) with TRL's GRPOTrainer.
+
+The arm decides what may change: ``full`` trains every parameter;
+``layer:K`` (and ``layers:I,J``) freeze everything except those decoder
+layers (attention, MLP and both norms). Gradients still flow through the
+whole network; only the optimizer's parameter set differs. GRPO and Dr. GRPO
+are TRL's own ``loss_type``/``scale_rewards`` options.
+
+The reward function also records every rollout (length, truncated, reward)
+and hashes the first batch of rollouts: arms of one seed must produce the
+same hash, which proves they start from the same weights, prompts and
+sampling stream.
+
+Truncated (one definition, everywhere in layerbench): the generation stopped
+because its token budget ran out, not because of EOS or a stop sequence.
+During training there are no stop sequences, so: no EOS within the cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from layerbench.answers import is_correct
+from layerbench.config import Arm, RLConfig
+from layerbench.data import read_jsonl
+from layerbench.io import atomic_directory, atomic_write_csv, atomic_write_json
+from layerbench.seeding import seed_everything
+from layerbench.stats import percentile
+
+ROLLOUT_COLUMNS = ["step", "index", "prompt", "length", "truncated", "reward"]
+
+
+def freeze_for_arm(model, arm: Arm) -> int:
+    """Leave only the arm's parameters trainable; return how many there are."""
+    if arm.kind == "full":
+        model.requires_grad_(True)
+    else:
+        model.requires_grad_(False)
+        layers = decoder_layers(model)
+        for k in arm.layers:
+            layers[k].requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def decoder_layers(model):
+    """The decoder layer list of a Qwen-style causal LM."""
+    return model.model.layers
+
+
+class RecordingReward:
+    """Correctness reward (1 if the final answer matches, else 0) that also
+    records every rollout for the truncation audit and the pairing check."""
+
+    __name__ = "correct"
+
+    def __init__(self, tokenizer, eos_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.rows: list[dict] = []
+        self.step0_sha256: str | None = None
+
+    def __call__(self, prompts, completions, completion_ids, answer, trainer_state=None, **_):
+        step = trainer_state.global_step if trainer_state is not None else 0
+        rewards = [float(is_correct(c, a)) for c, a in zip(completions, answer)]
+        if self.step0_sha256 is None:
+            digest = hashlib.sha256()
+            for prompt, ids in zip(prompts, completion_ids):
+                digest.update(json.dumps([self.tokenizer(prompt)["input_ids"], list(ids)]).encode())
+            self.step0_sha256 = digest.hexdigest()
+        for i, (prompt, ids, reward) in enumerate(zip(prompts, completion_ids, rewards)):
+            self.rows.append(
+                {
+                    "step": step,
+                    "index": i,
+                    "prompt": prompt,
+                    "length": len(ids),
+                    "truncated": int(not any(t in self.eos_ids for t in ids)),
+                    "reward": reward,
+                }
+            )
+        return rewards
+
+
+def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
+    """Per step: share truncated, length percentiles of finished vs truncated
+    rollouts, mean reward of truncated ones."""
+    by_step: dict[int, list[dict]] = {}
+    for row in rows:
+        by_step.setdefault(int(row["step"]), []).append(row)
+    out = {}
+    for step, group in sorted(by_step.items()):
+        finished = [r["length"] for r in group if not r["truncated"]]
+        truncated = [r for r in group if r["truncated"]]
+        out[step] = {
+            "rollouts/truncated_share": len(truncated) / len(group),
+            "rollouts/finished_length_p50": percentile(finished, 50),
+            "rollouts/finished_length_p90": percentile(finished, 90),
+            "rollouts/truncated_reward_mean": (
+                sum(r["reward"] for r in truncated) / len(truncated) if truncated else None
+            ),
+            "rollouts/reward_mean": sum(r["reward"] for r in group) / len(group),
+        }
+    return out
+
+
+def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path):
+    """GRPOConfig for one arm; every value comes from the study config."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=rl.steps,
+        per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+        num_generations=rl.num_generations,
+        max_completion_length=max_completion_tokens,
+        learning_rate=rl.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        top_k=rl.top_k,
+        beta=rl.beta,
+        epsilon=rl.epsilon,
+        epsilon_high=rl.epsilon_high,
+        num_iterations=rl.num_iterations,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not _cuda_available(),
+        use_vllm=rl.use_vllm,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **rl.trl_loss,
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_arm(
+    base_model: Path,
+    train_file: Path,
+    arm: Arm,
+    seed: int,
+    rl: RLConfig,
+    max_completion_tokens: int,
+    out_dir: Path,
+) -> dict:
+    """Train one arm; write ``checkpoint/``, ``metrics.csv``, ``rollouts.csv``
+    and ``summary.json`` into ``out_dir`` atomically (all or nothing)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    seed_everything(seed)
+    torch.set_num_threads(rl.threads)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    trainable = freeze_for_arm(model, arm)
+    records = read_jsonl(train_file)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
+    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id])
+
+    started = time.perf_counter()
+    with atomic_directory(out_dir) as tmp:
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[reward],
+            args=grpo_args(rl, max_completion_tokens, seed, tmp / "trainer"),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        seconds = time.perf_counter() - started
+        trainer.save_model(str(tmp / "checkpoint"))
+        tokenizer.save_pretrained(tmp / "checkpoint")
+        _remove_tree(tmp / "trainer")
+
+        truncation = truncation_by_step(reward.rows)
+        metrics = []
+        for entry in trainer.state.log_history:
+            if "step" not in entry or "train_runtime" in entry:
+                continue
+            step = int(entry["step"])
+            row = {"step": step, **{k: v for k, v in entry.items() if k != "step"}}
+            row.update(truncation.get(step - 1, {}))  # rewards are recorded before the update
+            metrics.append(row)
+        columns = ["step"] + sorted({k for row in metrics for k in row} - {"step"})
+        atomic_write_csv(tmp / "metrics.csv", metrics, columns)
+        atomic_write_csv(tmp / "rollouts.csv", reward.rows, ROLLOUT_COLUMNS)
+        summary = {
+            "arm": arm.name,
+            "seed": seed,
+            "trainable_parameters": trainable,
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "step0_rollout_sha256": reward.step0_sha256,
+            "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / rl.steps, 4),
+            "rl": asdict(rl),
+            "max_completion_tokens": max_completion_tokens,
+        }
+        atomic_write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
