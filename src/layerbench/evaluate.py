@@ -123,25 +123,40 @@ def score_response(task, doc: dict, text: str) -> tuple[str, float]:
     ensemble = task._filters[0]
     resps = [[text]]
     for make_filter in ensemble.filters:
-        resps = make_filter().apply(resps, [doc])
+        resps = list(make_filter().apply(resps, [doc]))
     metrics = task.process_results(doc, [resps[0]])
     name = next(iter(metrics))
     return name, float(metrics[name])
 
 
+def local_task_config(suite: Suite) -> dict:
+    """The YAML config of a local task (under ``suite.include_path``)."""
+    import yaml
+
+    for path in sorted(Path(suite.include_path).glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if isinstance(cfg, dict) and cfg.get("task") == suite.task:
+            return cfg
+    raise FileNotFoundError(f"eval.suites: no YAML for task {suite.task!r} in {suite.include_path}")
+
+
 def _task_specs(suites: tuple[Suite, ...]) -> tuple[list, list[str]]:
+    """lm-eval task specs: a registered name, or for a local task with
+    per-study data or repeats, its YAML config with those overrides merged
+    (lm-eval builds a dict spec as a new task, it does not merge)."""
     specs, include = [], []
     for suite in suites:
         if suite.include_path:
             include.append(str(Path(suite.include_path).resolve()))
-        spec: dict | str = suite.task
-        if suite.data_files or suite.repeats != 1:
-            spec = {"task": suite.task}
+        if suite.include_path and (suite.data_files or suite.repeats != 1):
+            cfg = local_task_config(suite)
             if suite.data_files:
-                spec["dataset_kwargs"] = {"data_files": {"test": str(Path(suite.data_files).resolve())}}
+                cfg["dataset_kwargs"] = {"data_files": {"test": str(Path(suite.data_files).resolve())}}
             if suite.repeats != 1:
-                spec["repeats"] = suite.repeats
-        specs.append(spec)
+                cfg["repeats"] = suite.repeats
+            specs.append(cfg)
+        else:
+            specs.append(suite.task)
     return specs, include
 
 

@@ -59,24 +59,27 @@ def contributions_from_scores(scores: dict[str, dict[int, float]], seed: int = 0
 
 
 def contributions_from_samples(
-    correct: dict[str, np.ndarray], seed: int = 0, n_boot: int = N_BOOTSTRAP
+    correct: dict[str, list[np.ndarray]], seed: int = 0, n_boot: int = N_BOOTSTRAP
 ) -> list[Contribution]:
-    """C per arm from per-problem correctness {arm: array[seeds, problems]}.
+    """C per arm from per-problem correctness {arm: [array[seeds, problems] per task]}.
 
-    The bootstrap resamples seeds and, independently, problems, with the same
-    indices for every arm (the arms are paired on both)."""
-    shapes = {a.shape for a in correct.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"arms differ in seeds x problems: {shapes}")
-    n_seeds, n_problems = shapes.pop()
+    S is the mean over tasks of task accuracy (as in the paper). The bootstrap
+    resamples seeds and, within each task, problems, with the same indices
+    for every arm (arms are paired on both)."""
+    first = next(iter(correct.values()))
+    for arm, mats in correct.items():
+        if [m.shape for m in mats] != [m.shape for m in first]:
+            raise ValueError(f"arm {arm} differs from the others in seeds x problems per task")
+    n_seeds = first[0].shape[0]
     rng = np.random.default_rng(seed)
     seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    prob_idx = rng.integers(0, n_problems, size=(n_boot, n_problems))
-    boot = {}
-    for arm, mat in correct.items():
-        per_seed = np.stack([mat[:, prob_idx[b]].mean(axis=1) for b in range(n_boot)])  # [boot, seeds]
+    prob_idx = [rng.integers(0, m.shape[1], size=(n_boot, m.shape[1])) for m in first]
+    boot, means = {}, {}
+    for arm, mats in correct.items():
+        # [boot, seeds]: per replicate, per seed, mean over tasks of resampled-problem accuracy
+        per_seed = np.mean([np.take(m, idx, axis=1).mean(axis=2).T for m, idx in zip(mats, prob_idx)], axis=0)
         boot[arm] = np.take_along_axis(per_seed, seed_idx, axis=1).mean(axis=1)
-    means = {arm: float(mat.mean()) for arm, mat in correct.items()}
+        means[arm] = float(np.mean([m.mean() for m in mats]))
     return [_contribution(arm, means, boot) for arm in correct if arm not in ("base", "full")]
 
 

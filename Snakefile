@@ -1,0 +1,41 @@
+# layerbench: base vs full vs single-layer RL, evaluated at several token budgets.
+# Thin by design: load and validate the study, include one rule file per stage.
+# Every rule calls the layerbench package; no logic lives here.
+import sys
+
+from snakemake.utils import min_version, validate
+
+from layerbench.workflow import StudyPaths
+
+min_version("9.0")
+
+
+configfile: "config/default.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+S = StudyPaths.from_config(config)  # typed config + every path; raises naming the bad key
+LB = f"{sys.executable} -m layerbench"
+
+
+wildcard_constraints:
+    arm=r"[A-Za-z0-9-]+",
+    seed=r"\d+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/collect.smk"
+include: "workflow/rules/track.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        S.report,
+        S.scores,
+        S.contributions,
+        S.mlflow,

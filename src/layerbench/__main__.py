@@ -1,0 +1,5 @@
+import sys
+
+from layerbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""``layerbench``: the commands users run and the stage commands rules run.
+
+User commands: ``contribution`` (C(k) from any scores table), ``--version``.
+Stage commands (called by workflow/rules/*.smk with ``--study
+results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
+track, report, timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from layerbench import __version__
+
+
+def _paths(args):
+    from layerbench.workflow import StudyPaths
+
+    return StudyPaths.from_study_file(args.study)
+
+
+def cmd_data(args) -> None:
+    from layerbench.data import write_splits
+
+    write_splits(_paths(args).study.task_spec, Path(args.out))
+
+
+def cmd_build_model(args) -> None:
+    from layerbench.tinymodel import build_base_model
+
+    summary = build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec, threads=args.threads)
+    print(summary)
+
+
+def cmd_train(args) -> None:
+    from layerbench.config import Arm
+    from layerbench.rl import train_arm
+
+    study = _paths(args).study
+    arm = Arm.parse(args.arm)
+    summary = train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
+                        study.limits.max_completion_tokens, Path(args.out))
+    print(summary)
+
+
+def cmd_evaluate(args) -> None:
+    from layerbench.evaluate import evaluate_model
+
+    study = _paths(args).study
+    model = Path(args.model)
+    if (model / "checkpoint").is_dir():
+        model = model / "checkpoint"
+    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, Path(args.out)))
+
+
+def cmd_collect(args) -> None:
+    from layerbench.collect import collect
+
+    collect(_paths(args))
+
+
+def cmd_track(args) -> None:
+    from layerbench.tracking import track_study
+
+    print(track_study(_paths(args)))
+
+
+def cmd_report(args) -> None:
+    from layerbench.report import render_study_report
+
+    render_study_report(_paths(args), Path(args.out))
+
+
+def cmd_timing(args) -> None:
+    from layerbench.timing import record
+
+    record(Path(args.results), args.event)
+
+
+def cmd_contribution(args) -> int:
+    from layerbench.scores_cli import contribution_command
+
+    return contribution_command(Path(args.scores), Path(args.csv) if args.csv else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"layerbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("contribution", help="C(k) with CIs from a CSV with columns arm,seed,score")
+    p.add_argument("scores")
+    p.add_argument("--csv", help="also write arm,C,ci_low,ci_high to this file")
+    p.set_defaults(func=cmd_contribution)
+
+    def stage(name, func, help, *extra):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--study", required=True, help="results/<study>/study.yaml")
+        for flag, kw in extra:
+            p.add_argument(flag, **kw)
+        p.set_defaults(func=func)
+
+    stage("data", cmd_data, "stage: generate the synthetic task", ("--out", {"required": True}))
+    stage("build-model", cmd_build_model, "stage: train the tiny base model",
+          ("--sft", {"required": True}), ("--out", {"required": True}), ("--threads", {"type": int, "default": 1}))
+    stage("train", cmd_train, "stage: RL for one (arm, seed)",
+          ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
+          ("--base", {"required": True}), ("--train", {"required": True}), ("--out", {"required": True}))
+    stage("evaluate", cmd_evaluate, "stage: lm-eval a model at every budget",
+          ("--model", {"required": True}), ("--seed", {"type": int, "required": True}),
+          ("--out", {"required": True}))
+    stage("collect", cmd_collect, "stage: tidy tables")
+    stage("track", cmd_track, "stage: log the study to MLflow")
+    stage("report", cmd_report, "stage: render the HTML report", ("--out", {"required": True}))
+
+    p = sub.add_parser("timing", help="stage: record a study's wall time")
+    p.add_argument("event", choices=["start", "finish"])
+    p.add_argument("results")
+    p.set_defaults(func=cmd_timing)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from layerbench.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"layerbench: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""One provenance record per study: code, environment, hardware, config.
+
+The same dict goes to ``results/<study>/provenance.json``, to the tags of
+every MLflow run and to the report. Fields that do not apply (GPU, CUDA,
+container) are present as null rather than missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from layerbench.config import PACKAGE_ROOT
+from layerbench.workflow import StudyPaths
+
+PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def hardware() -> dict:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    driver = None
+    if gpu:
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except OSError:
+            driver = None
+    return {
+        "os": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu_model": torch.cuda.get_device_name(0) if gpu else None,
+        "gpu_count": torch.cuda.device_count() if gpu else 0,
+        "cuda": torch.version.cuda if gpu else None,
+        "driver": driver,
+    }
+
+
+def container() -> dict:
+    """Image id/digest when running inside a layerbench container (the image
+    sets these variables), else nulls."""
+    return {"image": os.environ.get("LAYERBENCH_IMAGE"), "image_id": os.environ.get("LAYERBENCH_IMAGE_ID"),
+            "image_digest": os.environ.get("LAYERBENCH_IMAGE_DIGEST")}
+
+
+def provenance(paths: StudyPaths) -> dict:
+    study = paths.study
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "environment_lock_sha256": _sha256(PACKAGE_ROOT / "environment.lock"),
+        "python": sys.version.split()[0],
+        "versions": {name: _version(name) for name in PACKAGES} | {"layerbench": _version("layerbench")},
+        **hardware(),
+        "container": container(),
+        "config_sha256": study.config_hash,
+        "seeds": list(study.seeds),
+        "study": study.name,
+    }
+
+
+def write_provenance(paths: StudyPaths) -> dict:
+    from layerbench.io import atomic_write_json
+
+    record = provenance(paths) | {"config": study_resolved(paths)}
+    atomic_write_json(paths.results / "provenance.json", record)
+    return record
+
+
+def study_resolved(paths: StudyPaths) -> dict:
+    return json.loads(json.dumps(paths.study.resolved(), default=str))

@@ -1,0 +1,172 @@
+"""Log a study to MLflow: one experiment per study, one parent run per study
+invocation, one child run per (arm, seed).
+
+Training and evaluation jobs write plain files; this single stage logs them,
+so a killed job never leaves a half-logged run, and a re-run of the DAG logs
+a fresh parent. Writes use ``log_batch`` and are retried when SQLite reports
+a lock, so several studies (or processes) can share the default store.
+
+Store: ``tracking.uri`` from the study, else ``MLFLOW_TRACKING_URI``, else
+MLflow's own default (``sqlite:///mlflow.db`` in the working directory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+from layerbench.io import atomic_write_json, read_csv
+from layerbench.workflow import StudyPaths
+
+MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def tracking_uri(configured: str | None = None) -> str | None:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def retry(fn, *args, attempts: int = 30, **kwargs):
+    """Call an MLflow client method, retrying while SQLite is locked by
+    another writer (MLflow surfaces that as an MlflowException)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only lock errors are retried
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not any(s in text for s in ("locked", "busy", "unique constraint")):
+                raise
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.1)
+
+
+def client_for(uri: str | None):
+    import mlflow
+    from mlflow import MlflowClient
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+
+
+def experiment_id(client, name: str) -> str:
+    existing = retry(client.get_experiment_by_name, name)
+    if existing:
+        return existing.experiment_id
+    try:
+        return retry(client.create_experiment, name)
+    except Exception:  # created concurrently by another process
+        return retry(client.get_experiment_by_name, name).experiment_id
+
+
+def _flatten(prefix: str, obj, out: dict) -> dict:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
+    return out
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow alphanumerics and _ - . space : /"""
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
+
+
+def log_run(client, run_id: str, params: dict, metrics: list[tuple[str, float, int]], tags: dict) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    param_list = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(param_list), 90):
+        retry(client.log_batch, run_id, params=param_list[i : i + 90])
+    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+    retry(client.log_batch, run_id, tags=tag_list)
+    metric_list = [Metric(metric_key(k), float(v), now, step) for k, v, step in metrics
+                   if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    for i in range(0, len(metric_list), MAX_BATCH):
+        retry(client.log_batch, run_id, metrics=metric_list[i : i + MAX_BATCH])
+
+
+def start_run(client, exp_id: str, name: str, parent: str | None = None, tags: dict | None = None) -> str:
+    all_tags = {"mlflow.runName": name, **(tags or {})}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    return retry(client.create_run, exp_id, tags=all_tags).info.run_id
+
+
+def finish_run(client, run_id: str, status: str = "FINISHED") -> None:
+    retry(client.set_terminated, run_id, status)
+
+
+def _training_metrics(rows: list[dict]) -> list[tuple[str, float, int]]:
+    out = []
+    for row in rows:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key in ("arm", "seed", "step") or value in ("", None):
+                continue
+            try:
+                out.append((f"train/{key}", float(value), step))
+            except ValueError:
+                continue
+    return out
+
+
+def track_study(paths: StudyPaths) -> dict:
+    """Log everything the study produced; write ``results/<study>/mlflow.json``."""
+    from layerbench.provenance import provenance
+
+    study = paths.study
+    client = client_for(tracking_uri(study.tracking.get("uri")))
+    exp_id = experiment_id(client, study.tracking.get("experiment") or f"layerbench-{study.name}")
+    prov = provenance(paths)
+    tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()}
+    parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
+    log_run(client, parent, _flatten("config", study.resolved(), {}), [], tags)
+
+    scores = read_csv(paths.scores)
+    training = read_csv(paths.results / "training_metrics.csv")
+    contributions = read_csv(paths.contributions)
+    parent_metrics = [(f"C/{r['arm']}/budget_{r['budget']}", float(r["C"]), 0) for r in contributions if r["C"]]
+    log_run(client, parent, {}, parent_metrics, {})
+    for name in ("scores.csv", "contributions.csv", "training_metrics.csv", "study.yaml"):
+        retry(client.log_artifact, parent, str(paths.results / name))
+
+    children = {}
+    for arm in study.arms:
+        for seed in study.seeds:
+            run_name = f"{arm.name} seed {seed}"
+            run_id = start_run(client, exp_id, run_name, parent=parent,
+                               tags={"layerbench.arm": arm.name, "layerbench.seed": seed})
+            params = {"arm": arm.name, "seed": str(seed)}
+            metrics = []
+            if arm.trains:
+                summary = json.loads((paths.run_dir(arm, seed) / "summary.json").read_text())
+                params.update(_flatten("rl", summary["rl"], {}))
+                params["trainable_parameters"] = str(summary["trainable_parameters"])
+                params["step0_rollout_sha256"] = summary["step0_rollout_sha256"]
+                metrics += _training_metrics([r for r in training if r["arm"] == arm.name and int(r["seed"]) == seed])
+                metrics.append(("train/seconds_per_step", summary["seconds_per_step"], 0))
+            else:
+                params["trainable_parameters"] = "0"
+            for row in scores:
+                if row["arm"] == arm.name and int(row["seed"]) == seed:
+                    for key in ("accuracy", "truncated_rate", "finished_accuracy", "mean_tokens"):
+                        if row[key] != "":
+                            metrics.append((f"eval/{row['task']}/{key}/budget_{row['budget']}", float(row[key]), 0))
+            params.update(_flatten("config", study.resolved(), {}))
+            log_run(client, run_id, params, metrics, tags)
+            retry(client.log_artifacts, run_id, str(paths.eval_dir(arm, seed)), "eval")
+            if arm.trains:
+                for name in ("metrics.csv", "rollouts.csv", "summary.json"):
+                    retry(client.log_artifact, run_id, str(paths.run_dir(arm, seed) / name), "train")
+            finish_run(client, run_id)
+            children[run_name] = run_id
+    finish_run(client, parent)
+    record = {"tracking_uri": client._tracking_client.tracking_uri, "experiment_id": exp_id,
+              "parent_run_id": parent, "child_run_ids": children}
+    atomic_write_json(paths.mlflow, record)
+    return record

@@ -1,0 +1,13 @@
+rule collect:
+    """Tidy tables: scores, contributions, training metrics, per-job timings."""
+    input:
+        runs=S.all_runs(),
+        evals=S.all_evals(),
+    output:
+        scores=report(S.scores, category="Scores", caption="../report/scores.rst"),
+        contributions=report(S.contributions, category="Scores", caption="../report/contributions.rst"),
+        training=S.results / "training_metrics.csv",
+    log:
+        S.logs / "collect.log",
+    shell:
+        "{LB} collect --study {S.study_file} > {log} 2>&1"

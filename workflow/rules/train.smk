@@ -1,0 +1,17 @@
+rule train_arm:
+    """RL (TRL GRPOTrainer) for one (arm, seed): checkpoint, per-step metrics, rollouts."""
+    input:
+        model=S.base_model,
+        train=rules.make_data.output.train,
+    output:
+        directory(S.results / "runs" / "{arm}" / "seed{seed}"),
+    params:
+        fingerprint=lambda w: S.arm_fingerprint(w.arm),
+    threads: S.study.rl_for(S.study.trained_arms[0]).threads
+    benchmark:
+        S.benchmarks / "train" / "{arm}_seed{seed}.tsv"
+    log:
+        S.logs / "train" / "{arm}_seed{seed}.log",
+    shell:
+        "{LB} train --study {S.study_file} --arm {wildcards.arm} --seed {wildcards.seed} "
+        "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"
