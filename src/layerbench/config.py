@@ -265,7 +265,11 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         prompt_policy=limits_raw.get("prompt_policy", "error"),
     )
     ev = dict(raw["eval"])
-    ev["suites"] = tuple(Suite(**s) for s in ev["suites"])
+    results = f"results/{raw['study']}"
+    ev["suites"] = tuple(
+        Suite(**{**s, "data_files": s["data_files"].format(results=results)} if "data_files" in s else s)
+        for s in ev["suites"]
+    )
     valid_fields = {f.name for f in fields(RLConfig)}
     rl = raw.get("rl", {})
     assert set(rl) - {"per_arm"} <= valid_fields  # guaranteed by the schema
