@@ -20,6 +20,7 @@ or ``length`` (the budget ran out: *truncated*).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ def trim_generation(generated: list[int], stop: list[str], eos_ids: set[int], de
     return Generation(tuple(generated[:budget]), FINISH_LENGTH, budget, tuple(stop))
 
 
+@functools.cache
 def _recording_model_class():
     """Define and register ``layerbench-hf`` on first use (lm-eval imports are slow)."""
     from lm_eval.api.registry import register_model

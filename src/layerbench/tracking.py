@@ -43,12 +43,24 @@ def retry(fn, *args, attempts: int = 30, **kwargs):
 
 
 def client_for(uri: str | None):
+    """An MlflowClient whose store is initialised. For SQLite stores, the
+    first use creates and migrates the schema; several processes doing that
+    at once corrupt it ("duplicate column"), so it happens under a file lock."""
+    import fcntl
+
     import mlflow
     from mlflow import MlflowClient
 
     if uri:
         mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    with open(uri[len("sqlite:///"):] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        retry(client.search_experiments, max_results=1)
+    return client
 
 
 def experiment_id(client, name: str) -> str:

@@ -1,0 +1,85 @@
+"""lm-eval evaluation, for real, on a tiny model built in the session."""
+
+import json
+
+import pytest
+
+from layerbench.evaluate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, evaluate_model, trim_generation
+from layerbench.io import read_csv
+
+
+def _decode_chars(ids):
+    return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    "generated, expected_ids, reason",
+    [
+        ([65, 66, 0, 0, 0], (65, 66, 0), FINISH_EOS),  # EOS then padding
+        ([65, 10, 66, 0], (65, 10), FINISH_STOP),  # stop sequence "\n" before EOS
+        ([65, 66, 67, 68], (65, 66, 67, 68), FINISH_LENGTH),  # ran out of budget
+        ([65, 81, 58, 66], (65, 81, 58), FINISH_STOP),  # two-token stop sequence "Q:"
+    ],
+)
+def test_trim_generation(generated, expected_ids, reason):
+    gen = trim_generation(generated, ["\n", "Q:"], {0}, _decode_chars, budget=4)
+    assert gen.token_ids == expected_ids and gen.finish_reason == reason
+    assert gen.truncated == (reason == FINISH_LENGTH)
+
+
+def test_budget_semantics():
+    gen = trim_generation([65, 66, 67, 0], [], {0}, _decode_chars, budget=8)
+    assert gen.at_budget(4).finish_reason == FINISH_EOS  # EOS is the 4th token: finished within 4
+    cut = gen.at_budget(3)
+    assert cut.finish_reason == FINISH_LENGTH and cut.token_ids == (65, 66, 67)
+
+
+@pytest.fixture(scope="module")
+def eval_study(small_base):
+    from dataclasses import replace
+
+    study = small_base["study"]
+    suite = replace(study.eval.suites[0], data_files=str(small_base["data"] / "test.jsonl"))
+    return replace(study.eval, suites=(suite,))
+
+
+def test_derived_budgets_equal_real_regeneration(small_base, eval_study, tmp_path):
+    budgets = (24, 40, 96)
+    evaluate_model(small_base["model"], eval_study, budgets, 1, tmp_path / "derived", derive_budgets=True)
+    evaluate_model(small_base["model"], eval_study, budgets, 1, tmp_path / "real", derive_budgets=False)
+    derived = read_csv(tmp_path / "derived" / "per_sample.csv")
+    real = read_csv(tmp_path / "real" / "per_sample.csv")
+    key = lambda r: (int(r["budget"]), int(r["doc_id"]))  # noqa: E731
+    assert sorted(derived, key=key) == sorted(real, key=key)
+    scores = json.loads((tmp_path / "derived" / "scores.json").read_text())["tasks"]["layerbench_arith"]
+    truncated = [scores[str(b)]["truncated_rate"] for b in budgets]
+    assert truncated[0] > truncated[-1]  # the small budget really binds
+    assert truncated[0] > 0
+
+
+def test_recorded_finish_reasons_match_direct_generate(small_base, eval_study, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    evaluate_model(small_base["model"], eval_study, (40,), 1, tmp_path / "e")
+    records = {r["doc_id"]: r for r in map(json.loads, (tmp_path / "e" / "generations_layerbench_arith.jsonl").open())}
+    tests = [json.loads(line) for line in (small_base["data"] / "test.jsonl").open()]
+    tok = AutoTokenizer.from_pretrained(small_base["model"])
+    model = AutoModelForCausalLM.from_pretrained(small_base["model"])
+    reasons = set()
+    for doc_id, doc in enumerate(tests):
+        ids = tok(doc["prompt"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.eos_token_id)
+        gen = out[0, ids.shape[1]:].tolist()
+        text = tok.decode(gen, skip_special_tokens=True)
+        if tok.eos_token_id in gen:
+            expected = FINISH_EOS
+        elif "\n" in text or "Q:" in text:
+            expected = FINISH_STOP
+        else:
+            expected = FINISH_LENGTH
+        assert records[doc_id]["finish_reason"] == expected, (doc_id, text)
+        assert records[doc_id]["token_ids"] == gen[: len(records[doc_id]["token_ids"])]
+        reasons.add(expected)
+    assert {FINISH_EOS, FINISH_LENGTH} <= reasons  # both outcomes occur, so the check has teeth
