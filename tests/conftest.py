@@ -21,10 +21,10 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     Small enough for tests, same code path as the real thing."""
     raw = copy.deepcopy(default_raw())
     raw["study"] = name
-    raw["model"]["build"].update(num_layers=2, sft_steps=120, sft_lr=0.003)
+    raw["model"]["build"].update(num_layers=2, sft_steps=300, sft_lr=0.003)
     raw["data"]["synthetic"].update(n_train=600, n_test=40)
     raw["seeds"] = [1]
-    raw["rl"].update(steps=3, prompts_per_step=2, num_generations=4)
+    raw["rl"].update(steps=4, prompts_per_step=4, num_generations=4)
     raw["limits"]["eval_budgets"] = [40, 96]
     raw["eval"]["batch_size"] = 40
     for key, value in changes.items():

@@ -27,11 +27,18 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path | str, data) -> Path:
@@ -45,6 +52,12 @@ def atomic_write_csv(path: Path | str, rows: Iterable[dict], columns: list[str])
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
     return atomic_write_text(path, buf.getvalue())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_jsonl(path: Path | str, records: Iterable[dict]) -> Path:
@@ -65,6 +78,7 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield scratch
+        os.chmod(scratch, 0o777 & ~_umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(scratch, path)

@@ -1,0 +1,81 @@
+"""RL arms with TRL's GRPOTrainer, for real, on the session's tiny model."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from layerbench.config import Arm
+from layerbench.io import read_csv
+from layerbench.rl import RecordingReward, freeze_for_arm, train_arm, truncation_by_step
+
+
+def test_freezing_leaves_exactly_the_arm_trainable(small_base):
+    model = AutoModelForCausalLM.from_pretrained(small_base["model"])
+    total = sum(p.numel() for p in model.parameters())
+    assert freeze_for_arm(model, Arm("full")) == total
+    per_layer = sum(p.numel() for p in model.model.layers[1].parameters())
+    assert freeze_for_arm(model, Arm("layer", (1,))) == per_layer
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.layers.1.") for n in trainable)
+    assert any("norm" in n for n in trainable) and any("mlp" in n for n in trainable)
+    assert freeze_for_arm(model, Arm("layers", (0, 1))) == 2 * per_layer
+
+
+def test_recording_reward_flags_truncation_and_scores_answers():
+    class Tok:
+        def __call__(self, text):
+            return {"input_ids": [ord(c) for c in text]}
+
+    reward = RecordingReward(Tok(), eos_ids=[0])
+    values = reward(["Q: 1+1=? A:"] * 3, [" 1+1=2. #### 2", " 1+1=2. ####", " #### 3"],
+                    [[5, 6, 0], [5, 6, 7], [8, 0]], ["2", "2", "2"])
+    assert values == [1.0, 0.0, 0.0]
+    assert [r["truncated"] for r in reward.rows] == [0, 1, 0]
+    stats = truncation_by_step(reward.rows)[0]
+    assert stats["rollouts/truncated_share"] == pytest.approx(1 / 3)
+    assert stats["rollouts/truncated_reward_mean"] == 0.0
+    assert reward.step0_sha256 is not None
+
+
+@pytest.fixture(scope="module")
+def trained(small_base, tmp_path_factory):
+    study = small_base["study"]
+    out = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for arm, seed in ((Arm("full"), 1), (Arm("layer", (1,)), 1), (Arm("layer", (1,)), 2)):
+        runs[(arm.name, seed)] = out / f"{arm.slug}_{seed}"
+        train_arm(small_base["model"], small_base["data"] / "train.jsonl", arm, seed, study.rl_for(arm),
+                  study.limits.max_completion_tokens, runs[(arm.name, seed)])
+    return runs
+
+
+def test_arms_of_a_seed_share_step0_rollouts(trained):
+    summary = {k: json.loads((v / "summary.json").read_text()) for k, v in trained.items()}
+    assert summary[("full", 1)]["step0_rollout_sha256"] == summary[("layer:1", 1)]["step0_rollout_sha256"]
+    assert summary[("layer:1", 1)]["step0_rollout_sha256"] != summary[("layer:1", 2)]["step0_rollout_sha256"]
+
+
+def test_layer_arm_changes_only_its_layer(trained, small_base):
+    base = AutoModelForCausalLM.from_pretrained(small_base["model"]).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(trained[("layer:1", 1)] / "checkpoint").state_dict()
+    changed = {n for n in base if not torch.equal(base[n], tuned[n])}
+    assert changed and all(n.startswith("model.layers.1.") for n in changed)
+    full = AutoModelForCausalLM.from_pretrained(trained[("full", 1)] / "checkpoint").state_dict()
+    assert any(not torch.equal(base[n], full[n]) for n in base if n.startswith("model.layers.0."))
+
+
+def test_metrics_and_rollouts_are_recorded_per_step(trained, small_base):
+    study = small_base["study"]
+    metrics = read_csv(trained[("full", 1)] / "metrics.csv")
+    assert [int(r["step"]) for r in metrics] == list(range(1, study.rl["steps"] + 1))
+    for column in ("reward", "completions/clipped_ratio", "rollouts/truncated_share", "completions/mean_length"):
+        assert all(r[column] != "" for r in metrics), column
+    # our truncation definition and TRL's clipped_ratio agree on every step
+    for r in metrics:
+        assert float(r["rollouts/truncated_share"]) == pytest.approx(float(r["completions/clipped_ratio"]))
+    rollouts = read_csv(trained[("full", 1)] / "rollouts.csv")
+    per_step = study.rl["prompts_per_step"] * study.rl["num_generations"]
+    assert len(rollouts) == study.rl["steps"] * per_step
+    assert all(int(r["length"]) <= study.limits.max_completion_tokens for r in rollouts)
