@@ -7,7 +7,10 @@ rule collect:
         scores=report(S.scores, category="Scores", caption="../report/scores.rst"),
         contributions=report(S.contributions, category="Scores", caption="../report/contributions.rst"),
         training=S.results / "training_metrics.csv",
+    params:
+        lb=LB,
+        study=S.study_file,
     log:
         S.logs / "collect.log",
     shell:
-        "{LB} collect --study {S.study_file} > {log} 2>&1"
+        "{params.lb} collect --study {params.study} > {log} 2>&1"

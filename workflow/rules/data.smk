@@ -5,8 +5,11 @@ rule make_data:
         test=S.data / "test.jsonl",
         sft=S.data / "sft.jsonl",
     params:
+        lb=LB,
+        study=S.study_file,
+        out=S.data,
         fingerprint=S.fingerprint("data"),
     log:
         S.logs / "make_data.log",
     shell:
-        "{LB} data --study {S.study_file} --out {S.data} > {log} 2>&1"
+        "{params.lb} data --study {params.study} --out {params.out} > {log} 2>&1"

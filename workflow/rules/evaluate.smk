@@ -6,6 +6,8 @@ rule evaluate:
     output:
         directory(S.results / "eval" / "{arm}" / "seed{seed}"),
     params:
+        lb=LB,
+        study=S.study_file,
         fingerprint=S.fingerprint("eval", "limits"),
     threads: S.study.eval.threads
     benchmark:
@@ -13,5 +15,5 @@ rule evaluate:
     log:
         S.logs / "eval" / "{arm}_seed{seed}.log",
     shell:
-        "{LB} evaluate --study {S.study_file} --model {input.model} --seed {wildcards.seed} "
+        "{params.lb} evaluate --study {params.study} --model {input.model} --seed {wildcards.seed} "
         "--out {output} > {log} 2>&1"

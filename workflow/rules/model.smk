@@ -5,6 +5,8 @@ rule build_base_model:
     output:
         directory(S.base_model),
     params:
+        lb=LB,
+        study=S.study_file,
         fingerprint=S.fingerprint("model", "data"),
     threads: 2
     benchmark:
@@ -12,5 +14,5 @@ rule build_base_model:
     log:
         S.logs / "build_base_model.log",
     shell:
-        "{LB} build-model --study {S.study_file} --sft {input.sft} --out {output} "
+        "{params.lb} build-model --study {params.study} --sft {input.sft} --out {output} "
         "--threads {threads} > {log} 2>&1"

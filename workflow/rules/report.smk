@@ -6,7 +6,10 @@ rule report:
         training=rules.collect.output.training,
     output:
         report(S.report, category="Report", caption="../report/index.rst"),
+    params:
+        lb=LB,
+        study=S.study_file,
     log:
         S.logs / "report.log",
     shell:
-        "{LB} report --study {S.study_file} --out {output} > {log} 2>&1"
+        "{params.lb} report --study {params.study} --out {output} > {log} 2>&1"

@@ -6,7 +6,10 @@ rule track:
         training=rules.collect.output.training,
     output:
         S.mlflow,
+    params:
+        lb=LB,
+        study=S.study_file,
     log:
         S.logs / "track.log",
     shell:
-        "{LB} track --study {S.study_file} > {log} 2>&1"
+        "{params.lb} track --study {params.study} > {log} 2>&1"

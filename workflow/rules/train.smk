@@ -6,6 +6,8 @@ rule train_arm:
     output:
         directory(S.results / "runs" / "{arm}" / "seed{seed}"),
     params:
+        lb=LB,
+        study=S.study_file,
         fingerprint=lambda w: S.arm_fingerprint(w.arm),
     threads: S.study.rl_for(S.study.trained_arms[0]).threads
     benchmark:
@@ -13,5 +15,5 @@ rule train_arm:
     log:
         S.logs / "train" / "{arm}_seed{seed}.log",
     shell:
-        "{LB} train --study {S.study_file} --arm {wildcards.arm} --seed {wildcards.seed} "
+        "{params.lb} train --study {params.study} --arm {wildcards.arm} --seed {wildcards.seed} "
         "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"

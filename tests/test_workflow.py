@@ -1,0 +1,115 @@
+"""The whole DAG, through Snakemake itself, on a scaled-down default study."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, small_study_raw
+from layerbench.io import read_csv
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def make_workdir(path: Path, raw: dict) -> Path:
+    """A study folder outside the repo: the repo's Snakefile runs there
+    (``--directory``), with the lm-eval task folder linked in."""
+    path.mkdir(parents=True)
+    (path / "benchmarks").symlink_to(ROOT / "benchmarks")
+    (path / "config").symlink_to(ROOT / "config")
+    (path / "study.yaml").write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_study(workdir: Path, cores: int, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
+         str(workdir / "study.yaml"), "--cores", str(cores), *extra],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory):
+    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
+    raw["tracking"]["experiment"] = "layerbench-e2e"
+    runs = {}
+    for cores in (2, 1):
+        work = make_workdir(tmp_path_factory.mktemp(f"cores{cores}") / "w", raw)
+        result = run_study(work, cores)
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs[cores] = work
+    return raw, runs
+
+
+def test_tables_hold_every_arm_seed_and_budget(study_runs):
+    raw, runs = study_runs
+    results = runs[2] / "results" / "e2e"
+    arms = {"base", "full", "layer:0", "layer:1"}
+    scores = read_csv(results / "scores.csv")
+    assert {r["arm"] for r in scores} == arms
+    assert {(r["arm"], r["seed"], r["budget"]) for r in scores} == {
+        (a, str(s), str(b)) for a in arms for s in raw["seeds"] for b in raw["limits"]["eval_budgets"]}
+    assert all(0 <= float(r["accuracy"]) <= 1 and int(r["n"]) == raw["data"]["synthetic"]["n_test"] for r in scores)
+    contributions = read_csv(results / "contributions.csv")
+    assert {(r["arm"], r["budget"]) for r in contributions} == {
+        (a, str(b)) for a in ("layer:0", "layer:1") for b in raw["limits"]["eval_budgets"]}
+    for r in contributions:  # each C is either a number with its interval, or undefined with a reason
+        assert (r["C"] != "" and r["ci_low"] != "") or r["reason"]
+    training = read_csv(results / "training_metrics.csv")
+    assert {r["arm"] for r in training} == arms - {"base"}
+    assert (runs[2] / "reports" / "e2e" / "index.html").stat().st_size > 1000
+    timings = read_csv(results / "timings.csv")
+    assert {"build_base_model", "train/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
+    assert float(yaml.safe_load((results / "wall_time.json").read_text())["wall_seconds"]) > 0
+
+
+def test_mlflow_store_holds_parent_and_child_runs(study_runs):
+    import mlflow
+
+    _, runs = study_runs
+    mlflow.set_tracking_uri(f"sqlite:///{runs[2] / 'mlflow.db'}")
+    found = mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list")
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.params["arm"] for r in children) == ["base", "full", "layer:0", "layer:1"]
+    for child in children:
+        assert any(k.startswith("eval/layerbench_arith/accuracy/budget_") for k in child.data.metrics)
+        if child.data.params["arm"] != "base":
+            assert "train/reward" in child.data.metrics
+            assert int(child.data.params["trainable_parameters"]) > 0
+        arts = mlflow.MlflowClient().list_artifacts(child.info.run_id, "eval")
+        assert any(a.path.endswith("per_sample.csv") for a in arts)
+
+
+def test_cores_do_not_change_scores(study_runs):
+    _, runs = study_runs
+    a = (runs[2] / "results" / "e2e" / "scores.csv").read_text()
+    b = (runs[1] / "results" / "e2e" / "scores.csv").read_text()
+    assert a == b
+
+
+def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_runs):
+    raw, runs = study_runs
+    work = runs[1]
+    dry = run_study(work, 1, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    changed = dict(raw, limits={**raw["limits"], "eval_budgets": [40, 64]})
+    (work / "study.yaml").write_text(yaml.safe_dump(changed))
+    plan = run_study(work, 1, "-n", "--quiet", "rules")
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out
+    assert "evaluate" in out and "train_arm" not in out and "build_base_model" not in out
+    (work / "study.yaml").write_text(yaml.safe_dump(raw))
+
+
+def test_lint_is_clean():
+    lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Lints for" not in lint.stdout + lint.stderr
