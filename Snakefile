@@ -21,13 +21,16 @@ LB = f"{sys.executable} -m layerbench"
 wildcard_constraints:
     arm=r"[A-Za-z0-9-]+",
     seed=r"\d+",
+    runs=r"runs|repro",
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/checks.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/report.smk"

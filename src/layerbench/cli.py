@@ -3,7 +3,7 @@
 User commands: ``contribution`` (C(k) from any scores table), ``--version``.
 Stage commands (called by workflow/rules/*.smk with ``--study
 results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
-track, report, timing.
+track, report, timing, preflight, check-arms, check-repro.
 """
 
 from __future__ import annotations
@@ -53,6 +53,29 @@ def cmd_evaluate(args) -> None:
     if (model / "checkpoint").is_dir():
         model = model / "checkpoint"
     print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, Path(args.out)))
+
+
+def cmd_preflight(args) -> None:
+    from layerbench.preflight import run_preflight
+
+    paths = _paths(args)
+    model = Path(args.model) if args.model else None
+    run_preflight(paths.study, model, Path(args.train), paths.results)
+
+
+def cmd_check_arms(args) -> None:
+    from layerbench.integrity import run_audits
+
+    paths = _paths(args)
+    runs = {(a.name, s): paths.run_dir(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
+    run_audits(paths.base_model, runs, paths.results)
+
+
+def cmd_check_repro(args) -> None:
+    from layerbench.config import Arm
+    from layerbench.integrity import write_repro
+
+    print(write_repro(Arm.parse(args.arm), args.seed, Path(args.original), Path(args.rerun), Path(args.out)))
 
 
 def cmd_collect(args) -> None:
@@ -111,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     stage("evaluate", cmd_evaluate, "stage: lm-eval a model at every budget",
           ("--model", {"required": True}), ("--seed", {"type": int, "required": True}),
           ("--out", {"required": True}))
+    stage("preflight", cmd_preflight, "stage: check every token limit before training",
+          ("--model", {"help": "model directory (omit when it is not available offline)"}),
+          ("--train", {"required": True}))
+    stage("check-arms", cmd_check_arms, "stage: pairing check and parameter audit")
+    stage("check-repro", cmd_check_repro, "stage: compare a re-run with the original run",
+          ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
+          ("--original", {"required": True}), ("--rerun", {"required": True}), ("--out", {"required": True}))
     stage("collect", cmd_collect, "stage: tidy tables")
     stage("track", cmd_track, "stage: log the study to MLflow")
     stage("report", cmd_report, "stage: render the HTML report", ("--out", {"required": True}))
@@ -124,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from layerbench.config import ConfigError
+    from layerbench.integrity import IntegrityError
+    from layerbench.preflight import PreflightError
 
     args = build_parser().parse_args(argv)
     try:
@@ -131,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"layerbench: config error: {exc}", file=sys.stderr)
         return 2
+    except (PreflightError, IntegrityError) as exc:
+        print(f"layerbench: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

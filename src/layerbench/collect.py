@@ -4,6 +4,8 @@
 ``contributions.csv`` C(k) per (arm, budget), 95% bootstrap CI over seeds and problems
 ``training_metrics.csv`` per-step TRL metrics plus rollout truncation, per (arm, seed)
 ``timings.csv``       Snakemake ``benchmark:`` figures per job
+``decomposition.csv`` / ``ranking_correlation.csv``  what each gain is made of (truncation.py)
+``provenance.json``   code, environment, hardware and config of the study
 """
 
 from __future__ import annotations
@@ -88,8 +90,16 @@ def timing_rows(paths: StudyPaths) -> list[dict]:
 
 
 def collect(paths: StudyPaths) -> None:
+    from layerbench.provenance import write_provenance
+    from layerbench.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
+                                       ranking_rows)
+
     atomic_write_csv(paths.scores, score_rows(paths), SCORE_COLUMNS)
-    atomic_write_csv(paths.contributions, contribution_rows(paths), CONTRIBUTION_COLUMNS)
+    contributions = contribution_rows(paths)
+    atomic_write_csv(paths.contributions, contributions, CONTRIBUTION_COLUMNS)
+    atomic_write_csv(paths.results / "decomposition.csv", decomposition_rows(paths), DECOMPOSITION_COLUMNS)
+    atomic_write_csv(paths.results / "ranking_correlation.csv", ranking_rows(contributions), RANKING_COLUMNS)
+    write_provenance(paths)
     rows, columns = training_rows(paths)
     atomic_write_csv(paths.results / "training_metrics.csv", rows, columns)
     atomic_write_csv(paths.results / "timings.csv", timing_rows(paths), ["job", "seconds", "max_rss_mb", "cpu_time"])

@@ -90,6 +90,18 @@ class StudyPaths:
         arm = Arm.parse(arm) if isinstance(arm, str) else arm
         return str(self.base_model if not arm.trains else self.run_dir(arm, int(seed)))
 
+    @property
+    def repro_arm(self) -> Arm:
+        """The arm the repro target re-runs: ``repro.arm``, else the first single-layer arm."""
+        chosen = self.study.raw.get("repro", {}).get("arm")
+        if chosen:
+            return Arm.parse(chosen)
+        return next((a for a in self.study.trained_arms if a.kind == "layer"), self.study.trained_arms[0])
+
+    @property
+    def repro_seed(self) -> int:
+        return int(self.study.raw.get("repro", {}).get("seed", self.study.seeds[0]))
+
     def all_runs(self) -> list[str]:
         return [str(self.run_dir(a, s)) for a in self.study.trained_arms for s in self.study.seeds]
 

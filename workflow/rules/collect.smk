@@ -3,6 +3,8 @@ rule collect:
     input:
         runs=S.all_runs(),
         evals=S.all_evals(),
+        pairing=rules.check_arms.output.pairing,
+        preflight=rules.preflight.output.report,
     output:
         scores=report(S.scores, category="Scores", caption="../report/scores.rst"),
         contributions=report(S.contributions, category="Scores", caption="../report/contributions.rst"),

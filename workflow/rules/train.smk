@@ -1,19 +1,20 @@
 rule train_arm:
-    """RL (TRL GRPOTrainer) for one (arm, seed): checkpoint, per-step metrics, rollouts."""
+    """RL (TRL GRPOTrainer) for one (arm, seed): checkpoint, per-step metrics, rollouts.
+    runs/ holds the study's runs; repro/ the from-scratch re-run of the repro target."""
     input:
         model=S.base_model,
-        train=rules.make_data.output.train,
+        train=rules.preflight.output.train,
     output:
-        directory(S.results / "runs" / "{arm}" / "seed{seed}"),
+        directory(S.results / "{runs}" / "{arm}" / "seed{seed}"),
     params:
         lb=LB,
         study=S.study_file,
         fingerprint=lambda w: S.arm_fingerprint(w.arm),
     threads: S.study.rl_for(S.study.trained_arms[0]).threads
     benchmark:
-        S.benchmarks / "train" / "{arm}_seed{seed}.tsv"
+        S.benchmarks / "{runs}" / "{arm}_seed{seed}.tsv"
     log:
-        S.logs / "train" / "{arm}_seed{seed}.log",
+        S.logs / "{runs}" / "{arm}_seed{seed}.log",
     shell:
         "{params.lb} train --study {params.study} --arm {wildcards.arm} --seed {wildcards.seed} "
         "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"

@@ -1,0 +1,183 @@
+"""Check every token limit before any compute is spent.
+
+Tokenises every training prompt and every evaluation context (built by
+lm-eval itself, few-shot examples included) with the study's tokenizer and
+checks them against the study's caps and the model's context. Writes
+``preflight.json`` (machine-readable) and ``preflight.md`` (a table), and the
+training prompts that pass the prompt policy to ``train.jsonl``.
+
+Errors stop the DAG, naming the config key and the numbers; warnings go to
+the report. TRL has no prompt cap of its own (it removed
+``max_prompt_length``) and lm-eval silently left-truncates contexts that do
+not fit, so nobody else would notice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerbench.config import Study
+from layerbench.data import read_jsonl
+from layerbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
+
+
+class PreflightError(RuntimeError):
+    """A token limit is violated; the message names the key and the numbers."""
+
+
+@dataclass
+class Report:
+    checks: list[dict] = field(default_factory=list)
+
+    def add(self, check: str, subject: str, status: str, message: str, **numbers) -> None:
+        self.checks.append({"check": check, "subject": subject, "status": status, "message": message,
+                            "numbers": numbers})
+
+    @property
+    def status(self) -> str:
+        states = {c["status"] for c in self.checks}
+        return "error" if "error" in states else "warn" if "warn" in states else "ok"
+
+    def markdown(self) -> str:
+        lines = ["| status | check | subject | message |", "|---|---|---|---|"]
+        lines += [f"| {c['status']} | {c['check']} | {c['subject']} | {c['message']} |" for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def model_context(study: Study, model_dir: Path | None) -> tuple[int, str]:
+    """The model's context length and where it came from."""
+    if model_dir is not None and (model_dir / "config.json").exists():
+        cfg = json.loads((model_dir / "config.json").read_text())
+        return int(cfg["max_position_embeddings"]), f"{model_dir}/config.json max_position_embeddings"
+    declared = study.model.get("context_length")
+    if declared is None:
+        raise PreflightError("model is not available offline and key 'model.context_length' is not set")
+    return int(declared), "model.context_length (declared; the model is not available offline)"
+
+
+def check_training(study: Study, report: Report, tokenizer, records: list[dict], context: int) -> list[dict]:
+    """Prompt cap with the configured policy; returns the prompts to train on."""
+    limits = study.limits
+    cap, policy = limits.max_prompt_tokens, limits.prompt_policy
+    kept, over, longest = [], 0, 0
+    for record in records:
+        ids = tokenizer(record["prompt"])["input_ids"]
+        longest = max(longest, len(ids))
+        if len(ids) <= cap:
+            kept.append(record)
+            continue
+        over += 1
+        if policy == "truncate_left":
+            kept.append({**record, "prompt": tokenizer.decode(ids[-cap:])})
+    n = len(records)
+    numbers = dict(prompts=n, over_cap=over, longest=longest, cap=cap, policy=policy)
+    if over == 0:
+        report.add("train prompt cap", "training prompts", "ok",
+                   f"all {n} prompts fit limits.max_prompt_tokens={cap} (longest {longest})", **numbers)
+    elif policy == "error":
+        report.add("train prompt cap", "training prompts", "error",
+                   f"{over} of {n} prompts exceed limits.max_prompt_tokens={cap} (longest {longest} tokens); "
+                   f"raise the cap or set limits.prompt_policy to filter or truncate_left", **numbers)
+    else:
+        verb = "dropped" if policy == "filter" else "left-truncated"
+        report.add("train prompt cap", "training prompts", "warn",
+                   f"{over} of {n} prompts exceed limits.max_prompt_tokens={cap} and were {verb} "
+                   f"(limits.prompt_policy={policy})", **numbers)
+    total = cap + limits.max_completion_tokens
+    ok = total <= context
+    report.add("train context", "prompt cap + completion cap", "ok" if ok else "error",
+               f"limits.max_prompt_tokens={cap} + limits.max_completion_tokens={limits.max_completion_tokens} "
+               f"= {total} {'fits' if ok else 'exceeds'} the model context {context}",
+               total=total, context=context)
+    if study.rl.get("use_vllm"):
+        report.add("vllm max_model_len", "vLLM engine", "ok" if ok else "error",
+                   f"vLLM max_model_len is set to {total} (prompt cap + completion cap); model context {context}",
+                   max_model_len=total, context=context)
+    if any(study.rl_for(a).algorithm == "dr_grpo" for a in study.trained_arms):
+        report.add("dr_grpo normalisation", "rl.algorithm", "warn",
+                   f"Dr. GRPO normalises its loss by max_completion_length ({limits.max_completion_tokens}): "
+                   f"comparing studies with different caps also compares different loss scales")
+    return kept
+
+
+def check_budgets(study: Study, report: Report) -> None:
+    cap, budgets = study.limits.max_completion_tokens, study.limits.eval_budgets
+    if max(budgets) <= cap:
+        report.add("eval budgets vs training cap", "limits.eval_budgets", "warn",
+                   f"every eval budget ({', '.join(map(str, budgets))}) is at or below the training cap {cap}: "
+                   f"a gain may be the model learning to finish inside the cap; add a larger budget",
+                   budgets=list(budgets), cap=cap)
+    else:
+        report.add("eval budgets vs training cap", "limits.eval_budgets", "ok",
+                   f"budgets {', '.join(map(str, budgets))} include one above the training cap {cap}",
+                   budgets=list(budgets), cap=cap)
+
+
+def eval_contexts(study: Study) -> dict[str, tuple[list[str], dict]]:
+    """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from layerbench.evaluate import _task_specs
+
+    specs, include = _task_specs(study.eval.suites)
+    tasks = get_task_dict(specs, TaskManager(include_path=include or None))
+    out = {}
+    for name, task in tasks.items():
+        task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
+        out[name] = ([inst.args[0] for inst in task.instances], dict(task.config.generation_kwargs or {}))
+    return out
+
+
+def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: dict) -> None:
+    budget = study.limits.max_budget
+    for task, (texts, gen_kwargs) in contexts.items():
+        if "max_gen_toks" not in gen_kwargs:
+            report.add("explicit max_gen_toks", task, "warn",
+                       f"the task sets no max_gen_toks: a plain lm-eval run would stop at "
+                       f"{LM_EVAL_DEFAULT_MAX_GEN_TOKS} tokens; layerbench passes limits.eval_budgets explicitly",
+                       default=LM_EVAL_DEFAULT_MAX_GEN_TOKS)
+        else:
+            report.add("explicit max_gen_toks", task, "ok",
+                       f"the task sets max_gen_toks={gen_kwargs['max_gen_toks']}; layerbench runs it at "
+                       f"{budget}", task_max_gen_toks=gen_kwargs["max_gen_toks"])
+        lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+        longest = max(lengths)
+        over = sum(n + budget > context for n in lengths)
+        report.add("eval context", task, "error" if over else "ok",
+                   f"{over} of {len(texts)} contexts + the largest budget {budget} exceed the model context "
+                   f"{context} (longest context {longest} tokens); lm-eval would silently left-truncate them"
+                   if over else
+                   f"all {len(texts)} contexts + budget {budget} fit the context {context} (longest {longest})",
+                   contexts=len(texts), over=over, longest=longest, budget=budget, context=context)
+
+
+def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
+    report = Report()
+    context, source = model_context(study, model_dir)
+    report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
+    check_budgets(study, report)
+    tokenizer = None
+    if model_dir is not None and (model_dir / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer is None:
+        report.add("tokenizer", "model", "warn",
+                   "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")
+        kept = read_jsonl(train_file)
+    else:
+        kept = check_training(study, report, tokenizer, read_jsonl(train_file), context)
+        check_eval(study, report, tokenizer, context, eval_contexts(study))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "preflight.json", {"status": report.status, "checks": report.checks})
+    atomic_write_text(out_dir / "preflight.md", report.markdown())
+    print(report.markdown())
+    errors = [c for c in report.checks if c["status"] == "error"]
+    if errors:
+        raise PreflightError("preflight failed:\n  " + "\n  ".join(f"{c['subject']}: {c['message']}" for c in errors))
+    atomic_write_jsonl(out_dir / "train_checked.jsonl", kept)
+    return report
