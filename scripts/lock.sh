@@ -33,3 +33,10 @@ for name in sorted(cpu):
     print(cpu[name].rstrip("\n"))
 PY
 echo "wrote environment.lock ($(grep -c '==' environment.lock) pins)"
+
+# --- container locks (issue 6) -------------------------------------------
+# containers/gpu.lock (vLLM + torch's CUDA libraries for the GPU image) and
+# containers/bootstrap.lock (pip, setuptools) are compiled against the
+# environment.lock just written (-c environment.lock), so they never change a
+# pin in it. See scripts/lock_containers.sh for the conflicts it reports.
+UV="$UV" scripts/lock_containers.sh
