@@ -1,6 +1,8 @@
 """``layerbench``: the commands users run and the stage commands rules run.
 
-User commands: ``contribution`` (C(k) from any scores table), ``--version``.
+User commands: ``contribution`` (C(k) from any scores table), ``audit``
+(truncation in any lm-eval samples file), ``compare`` (two studies side by
+side), ``--version``.
 Stage commands (called by workflow/rules/*.smk with ``--study
 results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
 track, report, timing, preflight, check-arms, check-repro.
@@ -108,6 +110,18 @@ def cmd_contribution(args) -> int:
     return contribution_command(Path(args.scores), Path(args.csv) if args.csv else None)
 
 
+def cmd_audit(args) -> int:
+    from layerbench.sample_audit import audit_command
+
+    return audit_command(Path(args.samples), args.tokenizer, args.max_gen_toks, args.json)
+
+
+def cmd_compare(args) -> int:
+    from layerbench.report import compare_command
+
+    return compare_command(Path(args.study_a), Path(args.study_b), Path(args.o) if args.o else None, args.force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"layerbench {__version__}")
@@ -117,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scores")
     p.add_argument("--csv", help="also write arm,C,ci_low,ci_high to this file")
     p.set_defaults(func=cmd_contribution)
+
+    p = sub.add_parser("audit", help="truncation audit of an lm-eval samples file made anywhere")
+    p.add_argument("samples", help="lm-eval samples_*.jsonl (stock hf or vllm backend)")
+    p.add_argument("--tokenizer", help="model directory or Hub id used to re-tokenise responses")
+    p.add_argument("--max-gen-toks", type=int, help="budget (default: from each sample's generation arguments)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("compare", help="one report page for two studies side by side")
+    p.add_argument("study_a", help="results/<study>/ folder")
+    p.add_argument("study_b", help="results/<study>/ folder")
+    p.add_argument("-o", help="output HTML (default: reports/compare-<a>-<b>/index.html)")
+    p.add_argument("--force", action="store_true", help="render even when the studies are not comparable")
+    p.set_defaults(func=cmd_compare)
 
     def stage(name, func, help, *extra):
         p = sub.add_parser(name, help=help)

@@ -142,14 +142,22 @@ def local_task_config(suite: Suite) -> dict:
     raise FileNotFoundError(f"eval.suites: no YAML for task {suite.task!r} in {suite.include_path}")
 
 
-def _task_specs(suites: tuple[Suite, ...]) -> tuple[list, list[str]]:
+def task_manager(suites: tuple[Suite, ...]):
+    """lm-eval's TaskManager for these suites; lm-eval's own task index
+    (thousands of YAMLs, slow to scan) only when a suite needs it."""
+    from lm_eval.tasks import TaskManager
+
+    include = [str(Path(s.include_path).resolve()) for s in suites if s.include_path]
+    return TaskManager(include_path=include or None,
+                       include_defaults=any(not s.include_path for s in suites))
+
+
+def _task_specs(suites: tuple[Suite, ...]) -> list:
     """lm-eval task specs: a registered name, or for a local task with
     per-study data or repeats, its YAML config with those overrides merged
     (lm-eval builds a dict spec as a new task, it does not merge)."""
-    specs, include = [], []
+    specs = []
     for suite in suites:
-        if suite.include_path:
-            include.append(str(Path(suite.include_path).resolve()))
         if suite.include_path and (suite.data_files or suite.repeats != 1):
             cfg = local_task_config(suite)
             if suite.data_files:
@@ -159,7 +167,7 @@ def _task_specs(suites: tuple[Suite, ...]) -> tuple[list, list[str]]:
             specs.append(cfg)
         else:
             specs.append(suite.task)
-    return specs, include
+    return specs
 
 
 def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out_dir: Path,
@@ -170,7 +178,7 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
     budget) and ``scores.json`` (per task and budget)."""
     import lm_eval
     import torch
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
     torch.set_num_threads(ev.threads)
     derive = ev.greedy if derive_budgets is None else derive_budgets
@@ -181,8 +189,8 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
         device="cuda" if torch.cuda.is_available() else "cpu",
         dtype="float32",
     )
-    specs, include = _task_specs(ev.suites)
-    manager = TaskManager(include_path=include or None)
+    specs = _task_specs(ev.suites)
+    manager = task_manager(ev.suites)
     decoding = {"temperature": ev.temperature}
     if not ev.greedy:
         decoding.update(do_sample=True, top_p=ev.top_p, top_k=ev.top_k)

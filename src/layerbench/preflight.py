@@ -87,6 +87,13 @@ def check_training(study: Study, report: Report, tokenizer, records: list[dict],
         report.add("train prompt cap", "training prompts", "warn",
                    f"{over} of {n} prompts exceed limits.max_prompt_tokens={cap} and were {verb} "
                    f"(limits.prompt_policy={policy})", **numbers)
+    return kept
+
+
+def check_caps(study: Study, report: Report, context: int) -> None:
+    """Caps against the model context: needs no tokenizer."""
+    limits = study.limits
+    cap = limits.max_prompt_tokens
     total = cap + limits.max_completion_tokens
     ok = total <= context
     report.add("train context", "prompt cap + completion cap", "ok" if ok else "error",
@@ -101,7 +108,6 @@ def check_training(study: Study, report: Report, tokenizer, records: list[dict],
         report.add("dr_grpo normalisation", "rl.algorithm", "warn",
                    f"Dr. GRPO normalises its loss by max_completion_length ({limits.max_completion_tokens}): "
                    f"comparing studies with different caps also compares different loss scales")
-    return kept
 
 
 def check_budgets(study: Study, report: Report) -> None:
@@ -119,12 +125,11 @@ def check_budgets(study: Study, report: Report) -> None:
 
 def eval_contexts(study: Study) -> dict[str, tuple[list[str], dict]]:
     """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
-    from layerbench.evaluate import _task_specs
+    from layerbench.evaluate import _task_specs, task_manager
 
-    specs, include = _task_specs(study.eval.suites)
-    tasks = get_task_dict(specs, TaskManager(include_path=include or None))
+    tasks = get_task_dict(_task_specs(study.eval.suites), task_manager(study.eval.suites))
     out = {}
     for name, task in tasks.items():
         task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
@@ -160,6 +165,7 @@ def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_di
     context, source = model_context(study, model_dir)
     report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
     check_budgets(study, report)
+    check_caps(study, report, context)
     tokenizer = None
     if model_dir is not None and (model_dir / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer

@@ -9,6 +9,10 @@ rule collect:
         scores=report(S.scores, category="Scores", caption="../report/scores.rst"),
         contributions=report(S.contributions, category="Scores", caption="../report/contributions.rst"),
         training=S.results / "training_metrics.csv",
+        decomposition=S.results / "decomposition.csv",
+        ranking=S.results / "ranking_correlation.csv",
+        provenance=S.results / "provenance.json",
+        timings=S.results / "timings.csv",
     params:
         lb=LB,
         study=S.study_file,

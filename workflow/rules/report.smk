@@ -4,6 +4,12 @@ rule report:
         scores=S.scores,
         contributions=S.contributions,
         training=rules.collect.output.training,
+        decomposition=rules.collect.output.decomposition,
+        ranking=rules.collect.output.ranking,
+        provenance=rules.collect.output.provenance,
+        preflight=rules.preflight.output.report,
+        pairing=rules.check_arms.output.pairing,
+        audit=rules.check_arms.output.audit,
     output:
         report(S.report, category="Report", caption="../report/index.rst"),
     params:
