@@ -113,3 +113,82 @@ def test_lint_is_clean():
     lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Lints for" not in lint.stdout + lint.stderr
+
+
+def _copy_workdir(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+PROVENANCE_FIELDS = ["git_commit", "git_dirty", "environment_lock_sha256", "python", "os", "cpu_model", "gpu_model",
+                     "cuda", "driver", "config_sha256", "seeds"]
+VERSIONS = ["torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake"]
+
+
+def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
+    import json
+
+    import mlflow
+
+    _, runs = study_runs
+    prov = json.loads((runs[2] / "results" / "e2e" / "provenance.json").read_text())
+    for key in PROVENANCE_FIELDS:
+        assert key in prov, key
+    for name in VERSIONS:
+        assert name in prov["versions"], name
+    assert prov["versions"]["trl"] == "1.16.0" and prov["versions"]["vllm"] is None  # no vLLM on CPU
+    assert prov["gpu_model"] is None and prov["cuda"] is None and prov["driver"] is None
+    assert set(prov["container"]) == {"image", "image_id", "image_digest"}
+    assert prov["config"]["study"] == "e2e" and len(prov["config_sha256"]) == 64
+    assert len(prov["git_commit"]) == 40 and len(prov["environment_lock_sha256"]) == 64
+    mlflow.set_tracking_uri(f"sqlite:///{runs[2] / 'mlflow.db'}")
+    for run in mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list"):
+        tags = run.data.tags
+        for key in PROVENANCE_FIELDS:
+            assert f"layerbench.{key}" in tags, key
+        for name in VERSIONS:
+            assert f"layerbench.versions.{name}" in tags, name
+        assert tags["layerbench.gpu_model"] == "null" and tags["layerbench.container.image_id"] == "null"
+        assert tags["layerbench.git_commit"] == prov["git_commit"]
+
+
+def test_pairing_and_audit_tables(study_runs):
+    _, runs = study_runs
+    results = runs[2] / "results" / "e2e"
+    pairing = read_csv(results / "pairing.csv")
+    assert {r["arm"] for r in pairing} == {"full", "layer:0", "layer:1"}
+    assert len({r["step0_rollout_sha256"] for r in pairing}) == 1  # one seed: one hash for all arms
+    audit = read_csv(results / "param_audit.csv")
+    for row in audit:
+        if row["arm"] == "layer:0":
+            assert row["changed"] == ("1" if row["part"] == "layers.0" else "0"), row
+    assert {r["part"] for r in audit if r["arm"] == "full" and r["changed"] == "1"} >= {"layers.0", "layers.1"}
+
+
+def test_repro_target_matches_bitwise_on_cpu(study_runs, tmp_path):
+    import json
+
+    _, runs = study_runs
+    work = _copy_workdir(runs[2], tmp_path / "w")
+    result = run_study(work, 2, "repro")
+    assert result.returncode == 0, result.stderr[-3000:]
+    repro = json.loads((work / "results" / "e2e" / "repro.json").read_text())
+    assert repro["arm"] == "layer:0" and repro["seed"] == 1
+    assert repro["bitwise_equal"] and repro["metrics_equal"] and repro["rollouts_equal"]
+    assert repro["max_abs_weight_diff"] == 0.0
+
+
+def test_a_perturbed_arm_stops_the_study(study_runs, tmp_path):
+    """Sampling layer:1 at another temperature breaks the pairing: its first
+    rollouts differ from the other arms' and the study must stop, naming it."""
+    raw, runs = study_runs
+    work = _copy_workdir(runs[1], tmp_path / "w")
+    perturbed = yaml.safe_load((work / "study.yaml").read_text())
+    perturbed["rl"]["per_arm"]["layer:1"] = {"temperature": 0.7}
+    (work / "study.yaml").write_text(yaml.safe_dump(perturbed))
+    result = run_study(work, 2)
+    assert result.returncode != 0
+    log = (work / "results" / "e2e" / "logs" / "check_arms.log").read_text()
+    assert "seed 1: arms layer:1 started from different rollouts than full, layer:0" in log

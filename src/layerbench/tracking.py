@@ -78,7 +78,7 @@ def _flatten(prefix: str, obj, out: dict) -> dict:
         for k, v in obj.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
-        out[prefix] = json.dumps(obj) if isinstance(obj, (list, tuple)) else str(obj)
+        out[prefix] = obj if isinstance(obj, str) else json.dumps(obj)  # None -> "null", True -> "true"
     return out
 
 
