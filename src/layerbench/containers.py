@@ -42,7 +42,7 @@ RUNTIMES = ("none", "docker", "apptainer")
 UNPINNED_OK = {"layerbench"}
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._\-]*)==(\S+)", re.M)
-_OVERRIDE = re.compile(r"^# override: ([A-Za-z0-9][A-Za-z0-9._\-]*)==(\S+)", re.M)
+_OVERRIDE = re.compile(r"^# override: ([A-Za-z0-9][A-Za-z0-9._\-]*)(?:\[[^\]]*\])?==(\S+)", re.M)
 _CHECK = re.compile(r"^(\S+) (\S+) has requirement (.+), but you have (\S+) (\S+)\.$")
 
 
@@ -67,7 +67,7 @@ def _sha256(path: Path) -> str:
 
 
 def container_locks(dockerfile: Path | str) -> list[Path]:
-    """The locks that live next to the Dockerfile (gpu.lock, pip.lock)."""
+    """The locks that live next to the Dockerfile (gpu.lock, bootstrap.lock)."""
     return sorted(Path(dockerfile).parent.glob("*.lock"))
 
 
