@@ -1,0 +1,82 @@
+# Study images: where study jobs run, from the study's `runtime` key.
+# Include before the stage rules (the apptainer `container:` below applies to
+# rules defined after it). Logic lives in layerbench.containers.
+#
+#   runtime: none       LB_JOB is the host's Python; IMAGE is empty.
+#   runtime: docker     rule build_image builds layerbench:<tag> once (tag = hash
+#                       of containers/Dockerfile, the locks, flavour and base) and
+#                       records it in results/containers/<tag>.json; every job
+#                       waits for that file and runs through `docker run`.
+#   runtime: apptainer  rule apptainer_image also converts the image to
+#                       results/containers/<tag>.sif (needs docker and apptainer
+#                       on one machine, or a .sif copied there); jobs run in it
+#                       through Snakemake's own --sdm apptainer
+#                       (--profile workflow/profiles/apptainer). UNVERIFIED: only
+#                       dry runs were possible (no apptainer where this was built).
+#
+# Build settings (environment variables; the study schema has only `runtime`):
+# LAYERBENCH_TORCH_FLAVOUR=cuda|cpu, LAYERBENCH_BASE_IMAGE, LAYERBENCH_WHEELS,
+# LAYERBENCH_CONTAINER_ENGINE. See containers/README.md.
+from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from layerbench import containers as lb_containers
+
+CONTAINER = lb_containers.plan(S.study.runtime, S.root)
+LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} data --study ..."
+IMAGE = CONTAINER.inputs  # stage rules: input: image=IMAGE
+
+if CONTAINER.runtime == "apptainer" and (
+    DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method
+):
+    raise WorkflowError(
+        "this study has runtime: apptainer; run it with Snakemake's apptainer "
+        "support: --profile workflow/profiles/apptainer (or --sdm apptainer --apptainer-args --nv)"
+    )
+
+
+if CONTAINER.runtime != "none":
+
+    localrules:
+        build_image,
+
+    rule build_image:
+        """Build the study image unless layerbench:<tag> exists; record its id and labels."""
+        input:
+            dockerfile=CONTAINER.dockerfile,
+            lock=CONTAINER.lock,
+            container_locks=lb_containers.container_locks(CONTAINER.dockerfile),
+        output:
+            CONTAINER.image_json,
+        params:
+            build=CONTAINER.build_command(),
+        log:
+            CONTAINER.out_dir / f"{CONTAINER.tag}.log",
+        container:
+            None
+        shell:
+            "{params.build} --out {output} > {log} 2>&1"
+
+
+if CONTAINER.runtime == "apptainer":
+
+    localrules:
+        apptainer_image,
+
+    rule apptainer_image:
+        """The study image as a .sif for --sdm apptainer (UNVERIFIED: no apptainer here)."""
+        input:
+            CONTAINER.image_json,
+        output:
+            CONTAINER.sif,
+        params:
+            image=CONTAINER.image,
+        log:
+            CONTAINER.out_dir / f"{CONTAINER.tag}.sif.log",
+        container:
+            None
+        shell:
+            "apptainer build --force {output} docker-daemon://{params.image} > {log} 2>&1"
+
+
+container: CONTAINER.apptainer_image
