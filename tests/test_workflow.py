@@ -64,7 +64,7 @@ def test_tables_hold_every_arm_seed_and_budget(study_runs):
     assert {r["arm"] for r in training} == arms - {"base"}
     assert (runs[2] / "reports" / "e2e" / "index.html").stat().st_size > 1000
     timings = read_csv(results / "timings.csv")
-    assert {"build_base_model", "train/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
+    assert {"build_base_model", "runs/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
     assert float(yaml.safe_load((results / "wall_time.json").read_text())["wall_seconds"]) > 0
 
 
