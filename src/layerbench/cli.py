@@ -5,7 +5,9 @@ User commands: ``contribution`` (C(k) from any scores table), ``audit``
 side), ``--version``.
 Stage commands (called by workflow/rules/*.smk with ``--study
 results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
-track, report, timing, preflight, check-arms, check-repro.
+track, report, timing, preflight, check-arms, check-repro; for Hub studies
+(config/paper/) also prepare-data, prepare-model and export-benchmark (the
+data recipe of benchmarks/amc and benchmarks/olympiadbench).
 """
 
 from __future__ import annotations
@@ -24,9 +26,39 @@ def _paths(args):
 
 
 def cmd_data(args) -> None:
+    paths = _paths(args)
+    if paths.study.data_source == "hub":
+        from layerbench.hubdata import write_hub_splits
+
+        write_hub_splits(paths.study.data["hub"], paths.hub_sample, Path(args.out))
+        return
     from layerbench.data import write_splits
 
-    write_splits(_paths(args).study.task_spec, Path(args.out))
+    write_splits(paths.study.task_spec, Path(args.out))
+
+
+def cmd_prepare_data(args) -> None:
+    from layerbench.hubdata import draw_sample
+
+    print(draw_sample(_paths(args).study.data["hub"], Path(args.out)))
+
+
+def cmd_prepare_model(args) -> None:
+    from layerbench.hubdata import download_model
+
+    print(download_model(_paths(args).study.model, Path(args.out)))
+
+
+def cmd_prepare_eval_tasks(args) -> None:
+    from layerbench.evaluate import cache_eval_tasks
+
+    print(cache_eval_tasks(_paths(args).study.eval.suites, Path(args.out)))
+
+
+def cmd_export_benchmark(args) -> None:
+    from layerbench.benchmarks import export_benchmark
+
+    print(export_benchmark(args.name, Path(args.out)))
 
 
 def cmd_build_model(args) -> None:
@@ -43,7 +75,8 @@ def cmd_train(args) -> None:
     study = _paths(args).study
     arm = Arm.parse(args.arm)
     summary = train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
-                        study.limits.max_completion_tokens, Path(args.out))
+                        study.limits.max_completion_tokens, Path(args.out),
+                        max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier)
     print(summary)
 
 
@@ -54,7 +87,8 @@ def cmd_evaluate(args) -> None:
     model = Path(args.model)
     if (model / "checkpoint").is_dir():
         model = model / "checkpoint"
-    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, Path(args.out)))
+    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, Path(args.out),
+                         context_length=study.model.get("context_length")))
 
 
 def cmd_preflight(args) -> None:
@@ -154,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     stage("data", cmd_data, "stage: generate the synthetic task", ("--out", {"required": True}))
+    stage("prepare-data", cmd_prepare_data, "stage: draw the training sample from a Hub dataset (data.source hub)",
+          ("--out", {"required": True}))
+    stage("prepare-model", cmd_prepare_model, "stage: snapshot-download the Hub base model (model.source hub)",
+          ("--out", {"required": True}))
+    stage("prepare-eval-tasks", cmd_prepare_eval_tasks, "stage: download and build the study's lm-eval Hub tasks",
+          ("--out", {"required": True}))
+    p = sub.add_parser("export-benchmark", help="write a local eval task's data (benchmarks/README.md) from the Hub")
+    p.add_argument("name", help="amc or olympiadbench")
+    p.add_argument("--out", required=True, help="jsonl to write, e.g. results/benchmarks/amc.jsonl")
+    p.set_defaults(func=cmd_export_benchmark)
     stage("build-model", cmd_build_model, "stage: train the tiny base model",
           ("--sft", {"required": True}), ("--out", {"required": True}), ("--threads", {"type": int, "default": 1}))
     stage("train", cmd_train, "stage: RL for one (arm, seed)",

@@ -92,13 +92,89 @@ class RLConfig:
     num_iterations: int = 1
     threads: int = 1
     use_vllm: bool = False
+    # --- GPU studies (config/paper/). Every default below reproduces the
+    # behaviour from before these fields existed; ``identity()`` leaves them
+    # out while they hold their default, so older runs keep their fingerprint.
+    epochs: int | None = None  # passes over the training prompts; overrides ``steps``
+    mini_batch_prompts: int | None = None  # prompts per optimizer update (verl ppo_mini_batch_size)
+    micro_batch_completions: int | None = None  # completions per forward/backward (gradient accumulation)
+    loss_type: str | None = None  # TRL loss_type override (e.g. dapo = verl's token-mean)
+    weight_decay: float = 0.0
+    bf16: bool | None = None  # None: TRL's default
+    gradient_checkpointing: bool = False
+    vllm_gpu_memory_utilization: float = 0.3
 
     @property
     def trl_loss(self) -> dict[str, Any]:
         """TRL's own switches for the algorithm: no loss code of ours."""
         if self.algorithm == "dr_grpo":
-            return {"loss_type": "dr_grpo", "scale_rewards": "none"}
-        return {"loss_type": "grpo", "scale_rewards": "group"}
+            out = {"loss_type": "dr_grpo", "scale_rewards": "none"}
+        else:
+            out = {"loss_type": "grpo", "scale_rewards": "group"}
+        if self.loss_type:
+            out["loss_type"] = self.loss_type
+        return out
+
+    # --- batch geometry ----------------------------------------------------
+    @property
+    def completions_per_step(self) -> int:
+        """Completions generated per rollout batch (prompts x group size)."""
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def mini_batch(self) -> int:
+        """Completions per optimizer update."""
+        return (self.mini_batch_prompts or self.prompts_per_step) * self.num_generations
+
+    @property
+    def micro_batch(self) -> int:
+        """Completions per forward/backward pass (TRL per_device_train_batch_size)."""
+        return self.micro_batch_completions or self.mini_batch
+
+    @property
+    def updates_per_rollout_batch(self) -> int:
+        """Optimizer updates made from one rollout batch (all PPO iterations)."""
+        return self.num_iterations * (self.prompts_per_step // (self.mini_batch_prompts or self.prompts_per_step))
+
+    def optimizer_steps(self, n_prompts: int | None = None) -> int:
+        """TRL ``max_steps`` (optimizer updates). With ``epochs``: every full
+        rollout batch of the training prompts, ``epochs`` times (a trailing
+        partial batch is dropped, as verl's dataloader does)."""
+        if self.epochs is None:
+            return self.steps
+        if n_prompts is None:
+            raise ValueError("rl.epochs needs the number of training prompts")
+        batches = n_prompts // self.prompts_per_step
+        if batches == 0:
+            raise ValueError(f"{n_prompts} training prompts are fewer than rl.prompts_per_step={self.prompts_per_step}")
+        return self.epochs * batches * self.updates_per_rollout_batch
+
+    def check_geometry(self) -> None:
+        """Batch sizes must divide evenly, or TRL would silently regroup them."""
+        mini_prompts = self.mini_batch_prompts or self.prompts_per_step
+        if self.prompts_per_step % mini_prompts:
+            raise ValueError(f"rl.prompts_per_step={self.prompts_per_step} is not a multiple of "
+                             f"rl.mini_batch_prompts={mini_prompts}")
+        if self.mini_batch % self.micro_batch:
+            raise ValueError(f"rl.micro_batch_completions={self.micro_batch} does not divide the "
+                             f"{self.mini_batch} completions of one optimizer update")
+
+    def identity(self) -> dict[str, Any]:
+        """What distinguishes this arm's training: every field, except the
+        GPU-era fields while they hold their defaults (stable fingerprints)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _RL_LATER_FIELDS and value == f.default:
+                continue
+            out[f.name] = value
+        return out
+
+
+_RL_LATER_FIELDS = frozenset({
+    "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
+    "gradient_checkpointing", "vllm_gpu_memory_utilization",
+})
 
 
 @dataclass(frozen=True)
@@ -121,6 +197,8 @@ class Suite:
     include_path: str | None = None
     data_files: str | None = None
     repeats: int = 1
+    metric: str | None = None  # which metric layerbench scores on (default: the task's first)
+    filter: str | None = None  # which filter pipeline (default: the task's first)
 
 
 @dataclass(frozen=True)
@@ -133,10 +211,20 @@ class EvalConfig:
     top_k: int = 0
     threads: int = 1
     backend: str = "hf"
+    seed: int | None = None  # sampling seed for every checkpoint; None: the arm's training seed
+    derive_budgets: bool | None = None  # None: derive smaller budgets only under greedy decoding
+    dtype: str = "float32"
+    gpu_memory_utilization: float = 0.9  # vLLM backend
+    max_model_len: int | None = None  # vLLM backend; None: model.context_length
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def derive(self) -> bool:
+        """Whether one generation at the largest budget gives the smaller ones."""
+        return self.greedy if self.derive_budgets is None else self.derive_budgets
 
 
 @dataclass(frozen=True)
@@ -154,6 +242,24 @@ class Study:
     tracking: dict
     runtime: str
     raw: dict = field(repr=False, default_factory=dict)
+    resources: dict = field(default_factory=dict)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per train/evaluate job (``resources.gpu``; 0: a CPU study)."""
+        return int(self.resources.get("gpu", 0))
+
+    @property
+    def data_source(self) -> str:
+        return self.data.get("source", "synthetic")
+
+    @property
+    def verifier(self) -> str:
+        """How rewards check an answer: layerbench's ``####`` regex for the
+        synthetic task, ``data.hub.verifier`` (math-verify) for Hub data."""
+        if self.data_source == "hub":
+            return self.data["hub"].get("verifier", "math_verify")
+        return "arith"
 
     @property
     def num_layers(self) -> int:
@@ -247,7 +353,28 @@ def _expand_arms(items: list, num_layers: int) -> tuple[Arm, ...]:
     return tuple(arms)
 
 
+def drop_inapplicable(raw: dict) -> dict:
+    """Remove sections that do not apply to this study's sources.
+
+    Snakemake deep-merges ``--configfile`` over ``config/default.yaml``, so a
+    Hub study would otherwise inherit the default's ``model.build``,
+    ``data.synthetic`` and ``rl.steps``; they mean nothing there and would
+    only confuse the resolved config and its fingerprints."""
+    raw = copy.deepcopy(raw)
+    if not isinstance(raw, dict):
+        return raw
+    model, data, rl = raw.get("model"), raw.get("data"), raw.get("rl")
+    if isinstance(model, dict) and model.get("source", "build") != "build":
+        model.pop("build", None)
+    if isinstance(data, dict) and data.get("source", "synthetic") != "synthetic":
+        data.pop("synthetic", None)
+    if isinstance(rl, dict) and rl.get("epochs") is not None:
+        rl.pop("steps", None)
+    return raw
+
+
 def study_from_dict(raw: dict, source: str = "config") -> Study:
+    raw = drop_inapplicable(raw)
     validate_raw(raw, source)
     raw = copy.deepcopy(raw)
     model = raw["model"]
@@ -256,6 +383,9 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
     if model["source"] != "build" and "id" not in model:
         raise ConfigError(f"{source}: key 'model.id' is required when model.source is {model['source']!r}")
     num_layers = model.get("num_layers") or TinyModelSpec(**model.get("build", {})).num_layers
+    data = raw.get("data", {"source": "synthetic"})
+    if data.get("source") == "hub" and "hub" not in data:
+        raise ConfigError(f"{source}: key 'data.hub' is required when data.source is 'hub'")
 
     limits_raw = raw["limits"]
     limits = Limits(
@@ -276,7 +406,7 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
     study = Study(
         name=raw["study"],
         model=model,
-        data=raw.get("data", {"source": "synthetic"}),
+        data=data,
         arms=_expand_arms(raw["arms"], num_layers),
         seeds=tuple(raw["seeds"]),
         rl=rl,
@@ -285,11 +415,23 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         tracking=raw.get("tracking", {}),
         runtime=raw.get("runtime", "none"),
         raw=raw,
+        resources=raw.get("resources", {}),
     )
     if not any(a.kind == "base" for a in study.arms) or not any(a.kind == "full" for a in study.arms):
         raise ConfigError(f"{source}: key 'arms' must include 'base' and 'full' (C(k) is relative to both)")
     for arm in study.trained_arms:
-        study.rl_for(arm)  # per-arm overrides resolve
+        try:
+            study.rl_for(arm).check_geometry()  # per-arm overrides resolve, batches divide evenly
+        except ValueError as exc:
+            raise ConfigError(f"{source}: arm {arm.name}: {exc}") from None
+    if study.eval.derive_budgets and not study.eval.greedy:
+        raise ConfigError(
+            f"{source}: key 'eval.derive_budgets': true needs greedy decoding (eval.temperature: 0); "
+            f"under sampling every budget must be generated for real"
+        )
+    if study.eval.backend == "vllm" or any(study.rl_for(a).use_vllm for a in study.trained_arms):
+        if study.gpus < 1:
+            raise ConfigError(f"{source}: key 'resources.gpu': vLLM (eval.backend or rl.use_vllm) needs a GPU per job")
     return study
 
 

@@ -10,6 +10,14 @@ Errors stop the DAG, naming the config key and the numbers; warnings go to
 the report. TRL has no prompt cap of its own (it removed
 ``max_prompt_length``) and lm-eval silently left-truncates contexts that do
 not fit, so nobody else would notice.
+
+Offline (no model directory, e.g. a Hub model before ``prepare_model``): the
+context length is the config's declared ``model.context_length``, the caps
+and budgets are checked against it, and prompt lengths are not measured.
+Eval suites are only built when their data is at hand: a local task whose
+``data_files`` exist, or an lm-eval Hub task when the Hub is reachable (with
+``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, one that is not cached is
+reported as "not checked offline"). Nothing is downloaded without a network.
 """
 
 from __future__ import annotations
@@ -123,18 +131,79 @@ def check_budgets(study: Study, report: Report) -> None:
                    budgets=list(budgets), cap=cap)
 
 
-def eval_contexts(study: Study) -> dict[str, tuple[list[str], dict]]:
-    """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them."""
+def eval_contexts(study: Study, suites=None) -> dict[str, tuple[list[str], dict]]:
+    """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them
+    (groups such as minerva_math give one entry per subtask)."""
+    from layerbench.evaluate import suite_tasks, task_manager
+
+    suites = study.eval.suites if suites is None else tuple(suites)
+    out = {}
+    for _, tasks in suite_tasks(suites, task_manager(suites)):
+        for name, task in tasks.items():
+            task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
+            out[name] = ([inst.args[0] for inst in task.instances], dict(task.config.generation_kwargs or {}))
+    return out
+
+
+def _offline_mode() -> bool:
+    import os
+
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def suite_data_missing(suite) -> str | None:
+    """Why a local suite's data is not at hand, or None. Hub-backed lm-eval
+    tasks are not judged here (see :func:`buildable_suites`)."""
+    if not suite.include_path:
+        return None
+    files = suite.data_files
+    if not files:
+        from layerbench.evaluate import local_task_config
+
+        data = (local_task_config(suite).get("dataset_kwargs") or {}).get("data_files")
+        files = list(data.values())[0] if isinstance(data, dict) and data else data
+    if isinstance(files, str) and not Path(files).exists():
+        return f"data file {files} does not exist (see benchmarks/README.md for its recipe)"
+    return None
+
+
+def buildable_suites(study: Study, report: Report, reason_offline: str | None = None) -> list:
+    """Suites whose contexts can be measured now; the others are reported as
+    not checked offline, with the reason. ``reason_offline`` marks every
+    suite unchecked (e.g. no tokenizer)."""
     from lm_eval.tasks import get_task_dict
 
     from layerbench.evaluate import _task_specs, task_manager
 
-    tasks = get_task_dict(_task_specs(study.eval.suites), task_manager(study.eval.suites))
-    out = {}
-    for name, task in tasks.items():
-        task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
-        out[name] = ([inst.args[0] for inst in task.instances], dict(task.config.generation_kwargs or {}))
+    out = []
+    for suite, spec in zip(study.eval.suites, _task_specs(study.eval.suites)):
+        missing = suite_data_missing(suite)
+        if missing and reason_offline is None:
+            report.add("eval data", suite.task, "error", f"eval.suites {suite.task}: {missing}", reason=missing)
+            continue
+        why = "; ".join(w for w in (reason_offline, missing) if w) or None
+        if why is None and not suite.include_path and _offline_mode():
+            try:  # cached datasets load offline; others raise at once
+                get_task_dict([spec], task_manager((suite,)))
+            except Exception as exc:  # noqa: BLE001 - any failure means: not at hand
+                why = f"dataset not in the local cache ({type(exc).__name__})"
+        if why is None:
+            out.append(suite)
+        else:
+            report.add("eval context", suite.task, "warn", f"not checked offline: {why}", reason=why)
     return out
+
+
+def check_budget_context(study: Study, report: Report, context: int) -> None:
+    """Without a tokenizer: the largest eval budget alone must leave room for a prompt."""
+    budget = study.limits.max_budget
+    ok = budget < context
+    report.add("eval budget vs context", "limits.eval_budgets", "ok" if ok else "error",
+               f"the largest budget {budget} leaves {context - budget} tokens of the model context {context} "
+               f"for the prompt (prompt lengths not measured offline)" if ok else
+               f"the largest budget {budget} does not fit the model context {context} even with an empty prompt; "
+               f"lower limits.eval_budgets", budget=budget, context=context)
 
 
 def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: dict) -> None:
@@ -174,10 +243,14 @@ def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_di
     if tokenizer is None:
         report.add("tokenizer", "model", "warn",
                    "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")
+        check_budget_context(study, report, context)
+        buildable_suites(study, report, reason_offline="no tokenizer to measure prompts with")
         kept = read_jsonl(train_file)
     else:
         kept = check_training(study, report, tokenizer, read_jsonl(train_file), context)
-        check_eval(study, report, tokenizer, context, eval_contexts(study))
+        suites = buildable_suites(study, report)
+        if suites:
+            check_eval(study, report, tokenizer, context, eval_contexts(study, suites))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "preflight.json", {"status": report.status, "checks": report.checks})
     atomic_write_text(out_dir / "preflight.md", report.markdown())

@@ -18,6 +18,7 @@ During training there are no stop sequences, so: no EOS within the cap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -51,21 +52,34 @@ def decoder_layers(model):
     return model.model.layers
 
 
+def verifier(name: str):
+    """The answer check of a study (``Study.verifier``): layerbench's ``####``
+    regex for the synthetic task, math-verify for Hub math data."""
+    if name == "arith":
+        return is_correct
+    if name == "math_verify":
+        from layerbench.mathverify import is_correct_math
+
+        return is_correct_math
+    raise ValueError(f"unknown verifier {name!r}")
+
+
 class RecordingReward:
     """Correctness reward (1 if the final answer matches, else 0) that also
     records every rollout for the truncation audit and the pairing check."""
 
     __name__ = "correct"
 
-    def __init__(self, tokenizer, eos_ids: list[int]):
+    def __init__(self, tokenizer, eos_ids: list[int], correct=is_correct):
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
+        self.correct = correct
         self.rows: list[dict] = []
         self.step0_sha256: str | None = None
 
     def __call__(self, prompts, completions, completion_ids, answer, trainer_state=None, **_):
         step = trainer_state.global_step if trainer_state is not None else 0
-        rewards = [float(is_correct(c, a)) for c, a in zip(completions, answer)]
+        rewards = [float(self.correct(c, a)) for c, a in zip(completions, answer)]
         if self.step0_sha256 is None:
             digest = hashlib.sha256()
             for prompt, ids in zip(prompts, completion_ids):
@@ -107,19 +121,43 @@ def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path):
-    """GRPOConfig for one arm; every value comes from the study config."""
+def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path,
+              max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None):
+    """GRPOConfig for one arm; every value comes from the study config.
+
+    Batch geometry (all counted in completions, TRL's unit): a rollout batch
+    is ``prompts_per_step x num_generations`` completions, split into
+    optimizer updates of ``mini_batch`` completions, each accumulated over
+    forward/backward passes of ``micro_batch`` completions. With
+    ``rl.epochs`` the number of optimizer steps follows from ``n_prompts``.
+
+    vLLM (``rl.use_vllm``): TRL's colocated engine, its ``max_model_len`` the
+    prompt cap plus the completion cap (a longer sequence cannot occur: the
+    preflight enforces the prompt cap). Its seed is not set here: TRL seeds
+    the engine from the process index; :func:`vllm_engine_seed` fixes that."""
     from trl import GRPOConfig
 
+    extra = {}
+    if rl.use_vllm:
+        if max_prompt_tokens is None:
+            raise ValueError("rl.use_vllm needs the prompt cap (vLLM max_model_len = prompt cap + completion cap)")
+        extra.update(use_vllm=True, vllm_mode="colocate",
+                     vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+                     vllm_max_model_length=max_prompt_tokens + max_completion_tokens)
+    if rl.bf16 is not None:
+        extra["bf16"] = rl.bf16
     return GRPOConfig(
         output_dir=str(output_dir),
-        max_steps=rl.steps,
-        per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+        max_steps=rl.optimizer_steps(n_prompts),
+        per_device_train_batch_size=rl.micro_batch,
+        gradient_accumulation_steps=rl.mini_batch // rl.micro_batch,
+        steps_per_generation=rl.completions_per_step // rl.micro_batch,
         num_generations=rl.num_generations,
         max_completion_length=max_completion_tokens,
         learning_rate=rl.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
+        weight_decay=rl.weight_decay,
         temperature=rl.temperature,
         top_p=rl.top_p,
         top_k=rl.top_k,
@@ -129,16 +167,43 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         num_iterations=rl.num_iterations,
         seed=seed,
         data_seed=seed,
-        use_cpu=not _cuda_available(),
-        use_vllm=rl.use_vllm,
-        gradient_checkpointing=False,
+        use_cpu=(not _cuda_available()) if use_cpu is None else use_cpu,
+        gradient_checkpointing=rl.gradient_checkpointing,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
         **rl.trl_loss,
+        **extra,
     )
+
+
+@contextlib.contextmanager
+def vllm_engine_seed(seed: int):
+    """Seed TRL's colocated vLLM engine with the run's seed.
+
+    TRL 1.16 builds the engine as ``LLM(..., seed=accelerator.process_index
+    // tensor_parallel_size)`` (trl/generation/vllm_generation.py): 0 in a
+    single process, whatever ``args.seed`` is, so every seed of a study would
+    sample the same rollout stream. While this context is open, TRL's ``LLM``
+    is replaced by a wrapper that adds ``seed`` to TRL's value (keeping TRL's
+    per-rank offset). A test checks that TRL still calls ``LLM(..., seed=...)``."""
+    from trl.generation import vllm_generation
+
+    original = getattr(vllm_generation, "LLM", None)
+    if original is None:
+        raise RuntimeError("rl.use_vllm is set but vLLM is not installed (TRL found no vllm package)")
+
+    def seeded_llm(*args, **kwargs):
+        kwargs["seed"] = int(seed) + int(kwargs.get("seed") or 0)
+        return original(*args, **kwargs)
+
+    vllm_generation.LLM = seeded_llm
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
 
 
 def _cuda_available() -> bool:
@@ -155,6 +220,8 @@ def train_arm(
     rl: RLConfig,
     max_completion_tokens: int,
     out_dir: Path,
+    max_prompt_tokens: int | None = None,
+    verifier_name: str = "arith",
 ) -> dict:
     """Train one arm; write ``checkpoint/``, ``metrics.csv``, ``rollouts.csv``
     and ``summary.json`` into ``out_dir`` atomically (all or nothing)."""
@@ -170,17 +237,21 @@ def train_arm(
     trainable = freeze_for_arm(model, arm)
     records = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
-    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id])
+    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name))
+    steps = rl.optimizer_steps(len(records))
 
     started = time.perf_counter()
     with atomic_directory(out_dir) as tmp:
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[reward],
-            args=grpo_args(rl, max_completion_tokens, seed, tmp / "trainer"),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
+        args = grpo_args(rl, max_completion_tokens, seed, tmp / "trainer",
+                         max_prompt_tokens=max_prompt_tokens, n_prompts=len(records))
+        with vllm_engine_seed(seed) if rl.use_vllm else contextlib.nullcontext():
+            trainer = GRPOTrainer(
+                model=model,
+                reward_funcs=[reward],
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
         trainer.train()
         seconds = time.perf_counter() - started
         trainer.save_model(str(tmp / "checkpoint"))
@@ -206,7 +277,8 @@ def train_arm(
             "total_parameters": sum(p.numel() for p in model.parameters()),
             "step0_rollout_sha256": reward.step0_sha256,
             "train_seconds": round(seconds, 2),
-            "seconds_per_step": round(seconds / rl.steps, 4),
+            "optimizer_steps": steps,
+            "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
         }

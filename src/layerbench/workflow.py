@@ -108,6 +108,84 @@ class StudyPaths:
     def all_evals(self) -> list[str]:
         return [str(self.eval_dir(a, s)) for a in self.study.arms for s in self.study.seeds]
 
+    # --- data and GPU stages (what the rule files unpack) -----------------
+    @property
+    def hub_sample(self) -> Path:
+        """Rows drawn from the Hub dataset by rule prepare_data (data.source hub)."""
+        return self.data / "hub_sample.jsonl"
+
+    def data_inputs(self) -> dict[str, str]:
+        """Inputs of rule make_data: nothing for the synthetic task, the
+        downloaded sample for Hub data."""
+        return {"sample": str(self.hub_sample)} if self.study.data_source == "hub" else {}
+
+    def data_outputs(self) -> dict[str, str]:
+        """Outputs of rule make_data: train/test in the {prompt, answer}
+        format every later stage reads, plus SFT demonstrations for a built model."""
+        out = {"train": str(self.data / "train.jsonl"), "test": str(self.data / "test.jsonl")}
+        if self.study.data_source == "synthetic":
+            out["sft"] = str(self.data / "sft.jsonl")
+        return out
+
+    def eval_data_inputs(self) -> dict[str, str]:
+        """Local eval data files that no rule of this study makes (exported
+        benchmarks such as results/benchmarks/amc.jsonl): inputs of rule
+        evaluate, so a missing file stops the DAG before any GPU time."""
+        out = {}
+        for suite in self.study.eval.suites:
+            if suite.data_files and not Path(suite.data_files).is_relative_to(self.results):
+                out[f"eval_{suite.task}"] = suite.data_files
+        return out
+
+    def eval_task_inputs(self) -> dict[str, str]:
+        """``eval_tasks.json`` of rule prepare_eval_tasks, when the study uses
+        lm-eval's own (Hub-backed) tasks; nothing otherwise."""
+        if any(not s.include_path for s in self.study.eval.suites):
+            return {"eval_tasks": str(self.results / "eval_tasks.json")}
+        return {}
+
+    def benchmark_exports(self) -> list[str]:
+        """Exported benchmark files under results/benchmarks/ that rule
+        prepare_benchmark can make."""
+        from layerbench.benchmarks import EXPORTS
+
+        out = []
+        for path in self.eval_data_inputs().values():
+            p = Path(path)
+            if p.parent == Path("results/benchmarks") and p.suffix == ".jsonl" and p.stem in EXPORTS:
+                out.append(path)
+        return out
+
+    def rule_resources(self, stage: str) -> dict:
+        """Snakemake resources of a GPU stage (train, evaluate): ``gpu``,
+        ``mem_mb``, ``runtime`` from the study's ``resources``; nothing for a
+        CPU study, so its rules stay as they were."""
+        res = self.study.resources
+        if not res:
+            return {}
+        out = {"gpu": int(res.get("gpu", 0))}
+        for key in ("mem_mb", "runtime"):
+            if key in res.get(stage, {}):
+                out[key] = int(res[stage][key])
+        return out
+
+    def rule_threads(self, stage: str, default: int) -> int:
+        return int(self.study.resources.get(stage, {}).get("cpus", default))
+
+    def gpu_params(self) -> dict:
+        """Rule params of a GPU stage: the slot wrapper (empty for CPU studies)."""
+        if self.study.gpus < 1:
+            return {}
+        import sys
+
+        return {"gpu_run": f"{sys.executable} -m layerbench.gpuslots --gpus {self.study.gpus} --"}
+
+    def gpu_wrap(self, shell: str) -> str:
+        """The shell command of a GPU stage, run inside a GPU slot (one
+        CUDA_VISIBLE_DEVICES per job, see layerbench.gpuslots); unchanged
+        for CPU studies."""
+        return f"{{params.gpu_run}} {shell}" if self.study.gpus >= 1 else shell
+
     # --- change detection ------------------------------------------------
     def fingerprint(self, *sections: str) -> str:
         raw = self.study.raw
@@ -116,8 +194,11 @@ class StudyPaths:
     def arm_fingerprint(self, slug: str) -> str:
         arm = Arm.parse(slug)
         raw = self.study.raw
-        return _digest({"rl": vars(self.study.rl_for(arm)), "cap": raw["limits"]["max_completion_tokens"],
-                        "model": raw["model"], "data": raw.get("data")})
+        fp = {"rl": self.study.rl_for(arm).identity(), "cap": raw["limits"]["max_completion_tokens"],
+              "model": raw["model"], "data": raw.get("data")}
+        if self.study.rl_for(arm).use_vllm:
+            fp["max_prompt"] = raw["limits"]["max_prompt_tokens"]  # sets vLLM's max_model_len
+        return _digest(fp)
 
     def write_study_file(self) -> None:
         text = yaml.safe_dump(self.study.raw, sort_keys=True)

@@ -1,9 +1,31 @@
+if S.study.data_source == "hub":
+
+    localrules:
+        prepare_data,
+
+    rule prepare_data:
+        """Draw the training sample from the Hub dataset (data.hub): seeded shuffle, answers extracted.
+        Needs network (or the HF cache); a localrule, so on SLURM it runs where Snakemake runs."""
+        output:
+            sample=S.hub_sample,
+            info=S.data / "hub_sample.json",
+        params:
+            lb=LB,
+            study=S.study_file,
+            fingerprint=S.fingerprint("data"),
+        log:
+            S.logs / "prepare_data.log",
+        shell:
+            "{params.lb} prepare-data --study {params.study} --out {output.sample} > {log} 2>&1"
+
+
 rule make_data:
-    """Synthetic arithmetic problems: train/test splits and SFT demonstrations."""
+    """Train/test splits in the {prompt, answer} format every later stage reads: the synthetic
+    arithmetic task (with SFT demonstrations), or prompts built from the drawn Hub sample."""
+    input:
+        **S.data_inputs(),
     output:
-        train=S.data / "train.jsonl",
-        test=S.data / "test.jsonl",
-        sft=S.data / "sft.jsonl",
+        **S.data_outputs(),
     params:
         lb=LB,
         study=S.study_file,

@@ -1,6 +1,8 @@
 rule train_arm:
     """RL (TRL GRPOTrainer) for one (arm, seed): checkpoint, per-step metrics, rollouts.
-    runs/ holds the study's runs; repro/ the from-scratch re-run of the repro target."""
+    runs/ holds the study's runs; repro/ the from-scratch re-run of the repro target.
+    GPU studies (resources.gpu): resources gpu/mem_mb/runtime, and one GPU slot per job
+    (layerbench.gpuslots sets CUDA_VISIBLE_DEVICES)."""
     input:
         model=S.base_model,
         train=rules.preflight.output.train,
@@ -10,11 +12,16 @@ rule train_arm:
         lb=LB,
         study=S.study_file,
         fingerprint=lambda w: S.arm_fingerprint(w.arm),
-    threads: S.study.rl_for(S.study.trained_arms[0]).threads
+        **S.gpu_params(),
+    threads: S.rule_threads("train", S.study.rl_for(S.study.trained_arms[0]).threads)
+    resources:
+        **S.rule_resources("train"),
     benchmark:
         S.benchmarks / "{runs}" / "{arm}_seed{seed}.tsv"
     log:
         S.logs / "{runs}" / "{arm}_seed{seed}.log",
     shell:
-        "{params.lb} train --study {params.study} --arm {wildcards.arm} --seed {wildcards.seed} "
-        "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"
+        S.gpu_wrap(
+            "{params.lb} train --study {params.study} --arm {wildcards.arm} --seed {wildcards.seed} "
+            "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"
+        )
