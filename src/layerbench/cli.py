@@ -2,7 +2,8 @@
 
 User commands: ``contribution`` (C(k) from any scores table), ``audit``
 (truncation in any lm-eval samples file), ``compare`` (two studies side by
-side), ``--version``.
+side), ``check-limits`` (a study config's token limits, offline),
+``--version``.
 Stage commands (called by workflow/rules/*.smk with ``--study
 results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
 track, report, timing, preflight, check-arms, check-repro; for Hub studies
@@ -150,6 +151,22 @@ def cmd_audit(args) -> int:
     return audit_command(Path(args.samples), args.tokenizer, args.max_gen_toks, args.json)
 
 
+def cmd_check_limits(args) -> int:
+    """The preflight of a study config before anything exists: no model, no
+    data, no network. Context from ``model.context_length``; prompts unmeasured."""
+    import tempfile
+
+    from layerbench.config import load_study
+    from layerbench.preflight import run_preflight
+
+    study = load_study(args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "train.jsonl"
+        empty.write_text("")
+        run_preflight(study, None, empty, Path(args.out) if args.out else Path(tmp) / "out")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from layerbench.report import compare_command
 
@@ -172,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gen-toks", type=int, help="budget (default: from each sample's generation arguments)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("check-limits", help="offline token-limit check of a study config (declared context; "
+                                            "downloads nothing)")
+    p.add_argument("config", help="study config, e.g. config/paper/qwen3-1.7b-grpo-scripts.yaml")
+    p.add_argument("--out", help="also keep preflight.json/.md in this folder")
+    p.set_defaults(func=cmd_check_limits)
 
     p = sub.add_parser("compare", help="one report page for two studies side by side")
     p.add_argument("study_a", help="results/<study>/ folder")

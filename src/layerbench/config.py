@@ -216,6 +216,7 @@ class EvalConfig:
     dtype: str = "float32"
     gpu_memory_utilization: float = 0.9  # vLLM backend
     max_model_len: int | None = None  # vLLM backend; None: model.context_length
+    num_fewshot: int | None = None  # None: each task's own few-shot setting
 
     @property
     def greedy(self) -> bool:

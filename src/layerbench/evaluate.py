@@ -249,13 +249,19 @@ def score_response(task, doc: dict, text: str, filter_name: str | None = None,
 
 
 def local_task_config(suite: Suite) -> dict:
-    """The YAML config of a local task (under ``suite.include_path``)."""
+    """The YAML config of a local task (under ``suite.include_path``), read
+    by lm-eval's own loader, so ``!function utils.f`` hooks resolve."""
     import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
 
+    class _Peek(yaml.SafeLoader):
+        """Reads a task name without importing the YAML's !function hooks."""
+
+    _Peek.add_multi_constructor("!", lambda loader, suffix, node: None)
     for path in sorted(Path(suite.include_path).glob("*.yaml")):
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.load(path.read_text(), Loader=_Peek)  # noqa: S506 - SafeLoader subclass
         if isinstance(cfg, dict) and cfg.get("task") == suite.task:
-            return cfg
+            return load_yaml(path, resolve_func=True)
     raise FileNotFoundError(f"eval.suites: no YAML for task {suite.task!r} in {suite.include_path}")
 
 
@@ -372,6 +378,7 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
             torch_random_seed=sampling_seed,
             fewshot_random_seed=sampling_seed,
             bootstrap_iters=0,
+            **({"num_fewshot": ev.num_fewshot} if ev.num_fewshot is not None else {}),
         )
         repeat_of: dict[tuple, int] = {}
         by_doc = {}

@@ -140,6 +140,8 @@ def eval_contexts(study: Study, suites=None) -> dict[str, tuple[list[str], dict]
     out = {}
     for _, tasks in suite_tasks(suites, task_manager(suites)):
         for name, task in tasks.items():
+            if study.eval.num_fewshot is not None:  # as simple_evaluate(num_fewshot=...) does
+                task.set_config(key="num_fewshot", value=study.eval.num_fewshot)
             task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
             out[name] = ([inst.args[0] for inst in task.instances], dict(task.config.generation_kwargs or {}))
     return out
@@ -198,16 +200,21 @@ def buildable_suites(study: Study, report: Report, reason_offline: str | None = 
 def check_budget_context(study: Study, report: Report, context: int) -> None:
     """Without a tokenizer: the largest eval budget alone must leave room for a prompt."""
     budget = study.limits.max_budget
+    what = "model context"
+    if study.eval.backend == "vllm" and study.eval.max_model_len and study.eval.max_model_len < context:
+        context, what = study.eval.max_model_len, "eval.max_model_len"
     ok = budget < context
     report.add("eval budget vs context", "limits.eval_budgets", "ok" if ok else "error",
-               f"the largest budget {budget} leaves {context - budget} tokens of the model context {context} "
+               f"the largest budget {budget} leaves {context - budget} tokens of the {what} {context} "
                f"for the prompt (prompt lengths not measured offline)" if ok else
-               f"the largest budget {budget} does not fit the model context {context} even with an empty prompt; "
+               f"the largest budget {budget} does not fit the {what} {context} even with an empty prompt; "
                f"lower limits.eval_budgets", budget=budget, context=context)
 
 
 def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: dict) -> None:
     budget = study.limits.max_budget
+    if study.eval.backend == "vllm" and study.eval.max_model_len:
+        context = min(context, study.eval.max_model_len)  # the eval engine's own limit
     for task, (texts, gen_kwargs) in contexts.items():
         if "max_gen_toks" not in gen_kwargs:
             report.add("explicit max_gen_toks", task, "warn",
