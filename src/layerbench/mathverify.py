@@ -60,9 +60,9 @@ def is_correct_math(completion: str, answer) -> bool:
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """lm-eval ``process_results`` for layerbench's math tasks: the mean of
-    :func:`is_correct_math` over every response the filter kept. With
-    ``repeats: N`` and a ``take_first_k: N`` filter that is avg@N; with one
-    response it is plain accuracy. lm-eval passes one entry per request:
+    :func:`is_correct_math` over every response the filter kept. The tasks'
+    filter (``remove_whitespace``) keeps all ``repeats: N`` samples, so this
+    is avg@N; with one response it is plain accuracy. lm-eval passes one entry per request:
     the filtered response (a string), or the kept responses (a list)."""
     responses = [r for entry in results for r in (entry if isinstance(entry, list) else [entry])]
     scores = [float(is_correct_math(r, doc["answer"])) for r in responses]

@@ -1,0 +1,459 @@
+"""The GPU-study code paths that can run on CPU, for real, with the tiny model:
+
+* Hub data and model preparation, and the benchmark exports, against
+  in-memory ``datasets`` tables and stand-in Hub clients (no network here);
+* the math-verify reward and the AMC/OlympiadBench scoring hook;
+* GPU slots (flock-based CUDA_VISIBLE_DEVICES assignment) with a fake pool;
+* lm-eval on layerbench's local AMC task: 3 sampled repeats, a budget sweep
+  that generates every budget for real, and a task with two filters;
+* ``layerbench-vllm`` (a subclass of lm-eval's own VLLM model) and TRL's real
+  GRPOTrainer with ``use_vllm=True``, each driven by a stand-in ``vllm``
+  package whose engine generates greedily with the tiny HF model.
+
+The stand-in engine is not vLLM: it checks layerbench's wiring (which
+arguments reach the engine, how outputs are recorded and matched to lm-eval's
+requests), not vLLM's own behaviour. vLLM itself cannot run here (no GPU; its
+~320 MB wheel cannot be carried to the GPU machine), so the vLLM path stays
+unverified end to end, as config/paper/README.md says.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, small_study_raw
+from layerbench.config import Suite, study_from_dict
+
+# --- Hub data, model and benchmark exports ----------------------------------------
+
+
+def _numina_like(n: int = 40):
+    from datasets import Dataset
+
+    rows = []
+    for i in range(n):
+        solution = f"We add. So $x = {i} + 1$ and the answer is $\\boxed{{{i + 1}}}$."
+        if i % 10 == 3:
+            solution = "A proof with no final answer."
+        rows.append({"problem": f"Problem {i}: what is {i}+1?", "solution": solution})
+    return Dataset.from_list(rows)
+
+
+def test_draw_sample_is_seeded_and_keeps_source_indices(tmp_path):
+    from layerbench.hubdata import draw_sample
+
+    data = _numina_like()
+    hub = {"id": "AI-MO/NuminaMath-CoT", "split": "train", "sample": 20, "test_size": 5, "seed": 42,
+           "question_field": "problem", "answer_field": "solution", "answer_extract": "boxed"}
+    info = draw_sample(hub, tmp_path / "a.jsonl", dataset=data)
+    draw_sample(hub, tmp_path / "b.jsonl", dataset=data)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(rows) == 25 and info["drawn"] == 25 and info["rows_in_split"] == 40
+    shuffled = data.shuffle(seed=42)
+    assert [r["question"] for r in rows] == shuffled["problem"][:25]
+    for r in rows:  # indices point back into the original split
+        assert data[r["index"]]["problem"] == r["question"]
+        assert r["answer"] == (None if r["index"] % 10 == 3 else str(r["index"] + 1))
+    assert info["without_answer"] == sum(r["answer"] is None for r in rows)
+    other = draw_sample({**hub, "seed": 7}, tmp_path / "c.jsonl", dataset=data)
+    assert (tmp_path / "c.jsonl").read_text() != (tmp_path / "a.jsonl").read_text() and other["drawn"] == 25
+    with pytest.raises(ValueError, match="has 40 rows"):
+        draw_sample({**hub, "sample": 39}, tmp_path / "d.jsonl", dataset=data)
+
+
+def test_hub_splits_use_the_prompt_suffix_and_drop_rows_without_answer(tmp_path):
+    from layerbench.hubdata import draw_sample, write_hub_splits
+
+    hub = {"id": "x", "split": "train", "sample": 20, "test_size": 5, "seed": 42, "question_field": "problem",
+           "answer_field": "solution", "answer_extract": "boxed",
+           "prompt_suffix": " Let's think step by step and output the final answer within \\boxed{}."}
+    info = draw_sample(hub, tmp_path / "hub_sample.jsonl", dataset=_numina_like())
+    summary = write_hub_splits(hub, tmp_path / "hub_sample.jsonl", tmp_path / "data")
+    train = [json.loads(x) for x in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
+    assert summary["train"] + summary["test"] + sum(summary["dropped_without_answer"].values()) == 25
+    assert sum(summary["dropped_without_answer"].values()) == info["without_answer"]
+    assert not {r["index"] for r in train} & {r["index"] for r in test}
+    for r in train + test:
+        assert r["prompt"] == r["question"] + hub["prompt_suffix"] and r["answer"]
+
+
+def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):
+    from datasets import Dataset
+
+    from layerbench.hubdata import draw_sample, write_hub_splits
+
+    data = Dataset.from_list([{"problem": f"p{i}", "answer": str(i)} for i in range(12)])
+    hub = {"id": "hiyouga/math12k", "split": "train", "seed": 42, "question_field": "problem",
+           "answer_field": "answer", "answer_extract": "none", "prompt_suffix": "!"}
+    draw_sample(hub, tmp_path / "s.jsonl", dataset=data)
+    summary = write_hub_splits(hub, tmp_path / "s.jsonl", tmp_path / "data")
+    assert (summary["train"], summary["test"]) == (12, 0)
+
+
+def test_download_model_pins_the_commit_and_checks_the_declared_shape(tmp_path):
+    from types import SimpleNamespace
+
+    from layerbench.hubdata import download_model
+
+    seen = {}
+
+    class Api:
+        def model_info(self, repo, revision):
+            seen["info"] = (repo, revision)
+            return SimpleNamespace(sha="0123abcd" * 5)
+
+    def snapshot(repo_id, revision, local_dir, allow_patterns):
+        seen["snapshot"] = (repo_id, revision)
+        Path(local_dir, "config.json").write_text(json.dumps({"num_hidden_layers": 28,
+                                                              "max_position_embeddings": 32768}))
+
+    model = {"source": "hub", "id": "Qwen/Qwen3-1.7B-Base", "revision": "main", "num_layers": 28,
+             "context_length": 32768}
+    source = download_model(model, tmp_path / "base_model", api=Api(), snapshot=snapshot)
+    assert seen == {"info": ("Qwen/Qwen3-1.7B-Base", "main"), "snapshot": ("Qwen/Qwen3-1.7B-Base", "0123abcd" * 5)}
+    assert json.loads((tmp_path / "base_model" / "layerbench_source.json").read_text()) == source
+    assert source["commit"] == "0123abcd" * 5
+    with pytest.raises(ValueError, match="model.num_layers=36 but config.json has 28"):
+        download_model({**model, "num_layers": 36}, tmp_path / "other", api=Api(), snapshot=snapshot)
+    assert not (tmp_path / "other").exists()
+
+
+def test_benchmark_exports_write_problem_answer_jsonl_with_provenance(tmp_path):
+    from datasets import Dataset
+
+    from layerbench.benchmarks import export_benchmark
+
+    amc = Dataset.from_list([{"id": 1, "problem": "AMC p", "answer": 142.0, "url": "u"}])
+    info = export_benchmark("amc", tmp_path / "amc.jsonl", dataset=amc)
+    assert json.loads((tmp_path / "amc.jsonl").read_text()) == {"id": 0, "problem": "AMC p", "answer": "142"}
+    assert info["rows"] == 1 and len(info["sha256"]) == 64
+    oly = Dataset.from_list([{"question": "Oly q", "final_answer": ["$\\frac{1}{2}$"]},
+                             {"question": "no answer", "final_answer": []}])
+    info = export_benchmark("olympiadbench", tmp_path / "olympiadbench.jsonl", dataset=oly)
+    assert json.loads((tmp_path / "olympiadbench.jsonl").read_text())["answer"] == "\\frac{1}{2}"
+    assert info["skipped_without_answer"] == 1 and info["config_name"] == "OE_TO_maths_en_COMP"
+
+
+# --- math-verify -------------------------------------------------------------------
+
+
+def test_math_reward_needs_an_anchored_final_answer():
+    from layerbench.mathverify import is_correct_math, process_results
+    from layerbench.rl import RecordingReward, verifier
+
+    assert is_correct_math("... so $x=\\frac12$, and \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}")
+    assert is_correct_math("\\boxed{0.5}", "\\frac{1}{2}")
+    assert is_correct_math("The final answer is $142$.", "142")
+    assert not is_correct_math("\\boxed{141}", "142")
+    assert not is_correct_math("We get 142 = 100 + 42, then we continue and", "142")  # cut off: no anchor
+    assert process_results({"answer": "2"}, [["\\boxed{2}", "\\boxed{3}", "no", "\\boxed{2}"]]) == {"acc": 0.5}
+    assert process_results({"answer": "2"}, ["\\boxed{2}"]) == {"acc": 1.0}
+    assert verifier("math_verify") is is_correct_math
+
+    class Tok:
+        def __call__(self, text):
+            return {"input_ids": [len(text)]}
+
+    reward = RecordingReward(Tok(), [0], verifier("math_verify"))
+    out = reward(["p", "p"], ["\\boxed{4}", "so 4"], [[1, 0], [1, 2]], ["4", "4"])
+    assert out == [1.0, 0.0] and [r["truncated"] for r in reward.rows] == [0, 1]
+
+
+# --- GPU slots ---------------------------------------------------------------------
+
+
+def test_gpu_claims_are_exclusive_and_released(tmp_path):
+    from layerbench.gpuslots import SlotError, claim
+
+    pool = ["0", "1", "2"]
+    a, fds_a = claim(1, pool, tmp_path)
+    b, fds_b = claim(1, pool, tmp_path)
+    assert a == ["0"] and b == ["1"]
+    with pytest.raises(SlotError, match="no 2 free GPU"):
+        claim(2, pool, tmp_path, timeout=0.2, poll=0.05)
+    for fd in fds_a:
+        os.close(fd)
+    c, _ = claim(2, pool, tmp_path, timeout=1)
+    assert sorted(c) == ["0", "2"]
+    # a scheduler allocation (the pool is exactly the job's GPUs) is used as it is, without locks
+    assert claim(1, ["3"], tmp_path) == (["3"], [])
+    with pytest.raises(SlotError, match="only 0 are visible"):
+        claim(1, [], tmp_path)
+
+
+def test_gpu_wrapper_gives_concurrent_jobs_different_gpus(tmp_path):
+    env = {**os.environ, "LAYERBENCH_GPUS": "4,5", "LAYERBENCH_GPU_LOCK_DIR": str(tmp_path)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    job = [sys.executable, "-m", "layerbench.gpuslots", "--gpus", "1", "--",
+           sys.executable, "-c", "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(2)"]
+    first = subprocess.Popen(job, env=env, stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the first job holds its GPU while it runs
+    second = subprocess.run(job, env=env, capture_output=True, text=True, timeout=60)
+    assert first.wait(timeout=60) == 0 and second.returncode == 0, second.stderr
+    assert {first.stdout.read().strip(), second.stdout.strip()} == {"4", "5"}
+    slurm = subprocess.run(job, env={**env, "LAYERBENCH_GPUS": "", "CUDA_VISIBLE_DEVICES": "7"},
+                           capture_output=True, text=True, timeout=60)
+    assert slurm.stdout.strip() == "7"
+    none = subprocess.run(job, env={**env, "LAYERBENCH_GPUS": "", "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 4 and "only 0 are visible" in none.stderr
+
+
+# --- lm-eval on the CPU: local math tasks, repeats, filters ---------------------------
+
+
+def _per_sample(out: Path) -> list[dict]:
+    with open(out / "per_sample.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, tmp_path):
+    from layerbench.evaluate import evaluate_model
+
+    data = tmp_path / "amc.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "problem": f"Q: {i}+1=? A:", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+    raw = small_study_raw()
+    raw["eval"] = {"suites": [{"task": "layerbench_amc", "include_path": str(ROOT / "benchmarks" / "amc"),
+                               "data_files": str(data), "repeats": 3}],
+                   "batch_size": 9, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 42}
+    study = study_from_dict(raw)
+    assert study.eval.derive is False
+    scores = evaluate_model(small_base["model"], study.eval, (8, 16), 1, tmp_path / "out")
+    rows = _per_sample(tmp_path / "out")
+    assert len(rows) == 3 * 3 * 2  # docs x repeats x budgets, each budget generated
+    assert {(r["doc_id"], r["repeat"]) for r in rows} == {(str(d), str(k)) for d in range(3) for k in range(3)}
+    assert all(int(r["n_tokens"]) <= int(r["budget"]) for r in rows)
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved["derived_budgets"] is False and saved["sampling_seed"] == 42
+    assert scores["layerbench_amc"]["8"]["n"] == 9
+    gens = [json.loads(x) for x in (tmp_path / "out" / "generations_layerbench_amc.jsonl").read_text().splitlines()]
+    assert sorted({g["run_budget"] for g in gens}) == [8, 16]
+
+
+def test_a_named_filter_is_scored_and_other_filters_do_not_trip_the_check(small_base, tmp_path):
+    import yaml
+
+    from layerbench.evaluate import evaluate_model
+
+    cfg = yaml.safe_load((ROOT / "benchmarks" / "arith" / "arith.yaml").read_text())
+    cfg["filter_list"].append({"name": "last-number", "filter": [
+        {"function": "regex", "regex_pattern": "(-?[0-9]+)", "group_select": -1}, {"function": "take_first"}]})
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "arith.yaml").write_text(yaml.safe_dump(cfg))
+    test = small_base["data"] / "test.jsonl"
+    results = {}
+    for name in (None, "last-number"):
+        suite = {"task": "layerbench_arith", "include_path": str(tasks), "data_files": str(test)}
+        if name:
+            suite["filter"] = name
+        raw = small_study_raw()
+        raw["eval"].update(suites=[suite], limit=20)
+        study = study_from_dict(raw)
+        out = tmp_path / f"out-{name}"
+        results[name] = evaluate_model(small_base["model"], study.eval, (96,), 1, out)["layerbench_arith"]["96"]
+        samples = [json.loads(x) for x in (out / "samples_layerbench_arith.jsonl").read_text().splitlines()]
+        assert {s["filter"] for s in samples} == {"strict-match", "last-number"}
+    # the last number of a worked answer is its final answer more often than not, and never less often
+    assert results["last-number"]["accuracy"] >= results[None]["accuracy"]
+
+
+# --- stand-in vLLM: lm-eval's VLLM model and TRL's colocated engine -------------------
+
+FAKE_VLLM = r'''
+"""A stand-in ``vllm`` package: just enough API for lm-eval's VLLM model and
+TRL's colocated engine, generating greedily with a Hugging Face model."""
+import importlib.machinery
+import importlib.metadata as md
+import sys
+import types
+from types import SimpleNamespace
+
+_version = md.version
+md.version = lambda name: "0.8.0" if name == "vllm" else _version(name)
+
+
+def _module(name):
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    mod.__path__ = []
+    sys.modules[name] = mod
+    return mod
+
+
+class SamplingParams:
+    def __init__(self, max_tokens=16, stop=None, temperature=1.0, **kwargs):
+        self.max_tokens, self.stop, self.temperature, self.kwargs = max_tokens, list(stop or []), temperature, kwargs
+
+
+class LLM:
+    created = []
+
+    def __init__(self, model, seed=0, max_model_len=None, **kwargs):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.args = {"model": model, "seed": seed, "max_model_len": max_model_len, **kwargs}
+        self.hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        self.tok = AutoTokenizer.from_pretrained(model)
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_model_len))
+        LLM.created.append(self)
+
+    def generate(self, prompts, sampling_params, use_tqdm=False, lora_request=None):
+        import torch
+
+        outputs = []
+        for prompt, sp in zip(prompts, sampling_params):
+            ids = list(prompt["prompt_token_ids"])
+            with torch.no_grad():
+                out = self.hf.generate(torch.tensor([ids]), max_new_tokens=sp.max_tokens, do_sample=False,
+                                       eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.eos_token_id)
+            new = out[0, len(ids):].tolist()
+            eos = self.tok.eos_token_id
+            if eos in new:
+                new = new[: new.index(eos) + 1]
+            finish, reason, text = ("stop", None, None) if new and new[-1] == eos else ("length", None, None)
+            body = new[:-1] if finish == "stop" else new
+            for j in range(1, len(body) + 1):  # vLLM stops at the token that completes a stop string
+                piece = self.tok.decode(body[:j], skip_special_tokens=False)
+                hit = [s for s in sp.stop if s and s in piece]
+                if hit:
+                    new, finish, reason = body[:j], "stop", hit[0]
+                    text = piece[: piece.index(hit[0])]
+                    break
+            if text is None:
+                text = self.tok.decode(body, skip_special_tokens=False)
+            completion = SimpleNamespace(token_ids=new, text=text, finish_reason=finish, stop_reason=reason)
+            outputs.append(SimpleNamespace(prompt_token_ids=ids, outputs=[completion]))
+        return outputs
+
+
+vllm = _module("vllm")
+vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+vllm.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+vllm.RequestOutput = SimpleNamespace
+_module("vllm.lora")
+_module("vllm.lora.request").LoRARequest = type("LoRARequest", (), {})
+_module("vllm.sampling_params").StructuredOutputsParams = type("StructuredOutputsParams", (), {})
+
+
+def _get_tokenizer(name, **kwargs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+_module("vllm.tokenizers").get_tokenizer = _get_tokenizer
+'''
+
+EVAL_SCRIPT = r'''
+import csv, json, sys
+from dataclasses import replace
+from pathlib import Path
+exec(open(sys.argv[1]).read())
+from layerbench.config import load_study
+from layerbench.evaluate import evaluate_model
+
+study = load_study(sys.argv[2])
+out = Path(sys.argv[3])
+ev = replace(study.eval, batch_size=1, limit=20)
+evaluate_model(Path(sys.argv[4]), ev, study.limits.eval_budgets, 1, out / "hf")
+evaluate_model(Path(sys.argv[4]), replace(ev, backend="vllm", seed=42, max_model_len=256), study.limits.eval_budgets,
+               1, out / "vllm", context_length=256)
+print(json.dumps({"engine": {k: v for k, v in LLM.created[0].args.items() if k in ("seed", "max_model_len", "dtype")},
+                  "registered": "layerbench-vllm" in __import__("lm_eval.api.registry", fromlist=["x"]).MODEL_REGISTRY}))
+'''
+
+TRL_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOTrainer
+import trl.generation.vllm_generation as vg
+exec(open(sys.argv[1]).read())  # after TRL's import: TRL reads vLLM's version from package metadata
+from layerbench.config import Arm, load_study
+from layerbench.rl import RecordingReward, grpo_args, verifier, vllm_engine_seed
+
+vg.LLM, vg.SamplingParams, vg.is_vllm_available = LLM, SamplingParams, (lambda *a, **k: True)
+study = load_study(sys.argv[2])
+base = Path(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(base, padding_side="left")
+result = {}
+for arm, seed in ((Arm("full"), 1), (Arm("layer", (1,)), 2)):
+    rl = study.rl_for(arm)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    args = grpo_args(rl, study.limits.max_completion_tokens, seed, Path(sys.argv[4]) / arm.slug,
+                     max_prompt_tokens=study.limits.max_prompt_tokens, n_prompts=50000, use_cpu=True)
+    data = Dataset.from_list([{"prompt": "Q: 1+1=? A:", "answer": "2"}] * 8)
+    with vllm_engine_seed(seed):
+        trainer = GRPOTrainer(model=model, reward_funcs=[RecordingReward(tok, [tok.eos_token_id], verifier(study.verifier))],
+                              args=args, train_dataset=data, processing_class=tok)
+    gen = trainer.vllm_generation
+    engine = LLM.created[-1].args
+    result[arm.name] = {"engine": {k: engine[k] for k in ("model", "seed", "max_model_len", "gpu_memory_utilization")},
+                        "sampling": {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+                                     "max_completion_length": gen.max_completion_length}}
+print(json.dumps(result))
+'''
+
+
+@pytest.fixture(scope="module")
+def fake_vllm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fake_vllm") / "fake_vllm.py"
+    path.write_text(FAKE_VLLM)
+    return path
+
+
+def _run(script: str, *args, tmp_path: Path) -> dict:
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_layerbench_vllm_records_what_lm_eval_scored(small_base, fake_vllm, tmp_path):
+    """lm-eval's real VLLM model, subclassed as layerbench-vllm, driven by the
+    stand-in engine: every generation is matched to its request, its text and
+    score equal lm-eval's (checked inside evaluate_model), and per-sample
+    results equal the HF backend's on the same greedy model."""
+    import yaml
+
+    raw = small_study_raw("small-vllm")
+    raw["eval"]["suites"][0]["data_files"] = str(small_base["data"] / "test.jsonl")
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(raw))
+    info = _run(EVAL_SCRIPT, fake_vllm, study_file, tmp_path, small_base["model"], tmp_path=tmp_path)
+    assert info == {"engine": {"seed": 42, "max_model_len": 256, "dtype": "float32"}, "registered": True}
+    hf, vllm = _per_sample(tmp_path / "hf"), _per_sample(tmp_path / "vllm")
+    assert len(hf) == 20 * len(raw["limits"]["eval_budgets"])
+    assert vllm == hf
+    assert {r["finish_reason"] for r in vllm} >= {"length"}  # the small budget cuts some answers off
+
+
+def test_trl_colocated_vllm_engine_gets_layerbench_arguments(small_base, fake_vllm, tmp_path):
+    """TRL's real GRPOTrainer with use_vllm=True builds its colocated engine
+    from the arguments layerbench made: seed = the run's seed (not TRL's
+    process index), max_model_len = prompt cap + completion cap, the memory
+    share from the config, and the scripts' rollout sampling."""
+    study_file = ROOT / "config" / "paper" / "qwen3-1.7b-grpo-scripts.yaml"
+    result = _run(TRL_SCRIPT, fake_vllm, study_file, small_base["model"], tmp_path / "trainer", tmp_path=tmp_path)
+    for arm, seed in (("full", 1), ("layer:1", 2)):
+        assert result[arm]["engine"] == {"model": str(small_base["model"]), "seed": seed, "max_model_len": 1024 + 3072,
+                                         "gpu_memory_utilization": 0.3}
+        assert result[arm]["sampling"] == {"temperature": 0.9, "top_p": 0.95, "top_k": 20,
+                                           "max_completion_length": 3072}
