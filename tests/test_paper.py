@@ -336,6 +336,7 @@ def test_grpo_config_for_the_paper_variants(name, arm, expected, tmp_path):
         assert got == value, key
     # one rollout batch is every prompt of the step times the group, spread over the accumulation steps
     assert args.generation_batch_size == rl.prompts_per_step * rl.num_generations
+    assert args.model_init_kwargs == ({"dtype": "bfloat16"} if rl.beta else None)  # the KL reference model
 
 
 def test_vllm_needs_the_prompt_cap_for_its_max_model_len(tmp_path):

@@ -403,7 +403,8 @@ for arm, seed in ((Arm("full"), 1), (Arm("layer", (1,)), 2)):
                               args=args, train_dataset=data, processing_class=tok)
     gen = trainer.vllm_generation
     engine = LLM.created[-1].args
-    result[arm.name] = {"engine": {k: engine[k] for k in ("model", "seed", "max_model_len", "gpu_memory_utilization")},
+    result[arm.name] = {"ref_dtype": str(trainer.ref_model.dtype),
+                        "engine": {k: engine[k] for k in ("model", "seed", "max_model_len", "gpu_memory_utilization")},
                         "sampling": {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
                                      "max_completion_length": gen.max_completion_length}}
 print(json.dumps(result))
@@ -457,3 +458,4 @@ def test_trl_colocated_vllm_engine_gets_layerbench_arguments(small_base, fake_vl
                                          "gpu_memory_utilization": 0.3}
         assert result[arm]["sampling"] == {"temperature": 0.9, "top_p": 0.95, "top_k": 20,
                                            "max_completion_length": 3072}
+        assert result[arm]["ref_dtype"] == "torch.bfloat16"  # rl.ref_dtype reached TRL's reference model

@@ -41,7 +41,7 @@ EXPORTS: dict[str, Export] = {
     "amc": Export("AI-MO/aimo-validation-amc", "train", "problem", "answer",
                   note="83 AMC12 2022/2023 problems; answers are numbers"),
     # OlympiadBench, English text-only open-ended maths competition problems
-    # (OE_TO_maths_en_COMP, 675 problems); final_answer is a list, layerbench
+    # (OE_TO_maths_en_COMP, about 675 problems); final_answer is a list, layerbench
     # keeps its first element (the few multi-answer problems are kept as-is).
     "olympiadbench": Export("Hothan/OlympiadBench", "train", "question", "final_answer",
                             config_name="OE_TO_maths_en_COMP",

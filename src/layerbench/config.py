@@ -103,6 +103,7 @@ class RLConfig:
     bf16: bool | None = None  # None: TRL's default
     gradient_checkpointing: bool = False
     vllm_gpu_memory_utilization: float = 0.3
+    ref_dtype: str | None = None  # dtype of the KL reference model (None: the policy's, float32)
 
     @property
     def trl_loss(self) -> dict[str, Any]:
@@ -173,7 +174,7 @@ class RLConfig:
 
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
-    "gradient_checkpointing", "vllm_gpu_memory_utilization",
+    "gradient_checkpointing", "vllm_gpu_memory_utilization", "ref_dtype",
 })
 
 

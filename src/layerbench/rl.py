@@ -146,6 +146,8 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
                      vllm_max_model_length=max_prompt_tokens + max_completion_tokens)
     if rl.bf16 is not None:
         extra["bf16"] = rl.bf16
+    if rl.ref_dtype is not None:  # TRL builds the reference model from model_init_kwargs
+        extra["model_init_kwargs"] = {"dtype": rl.ref_dtype}
     return GRPOConfig(
         output_dir=str(output_dir),
         max_steps=rl.optimizer_steps(n_prompts),
