@@ -201,7 +201,7 @@ def dry_run(workdir: Path, runtime: str, *extra: str, env: dict | None = None) -
 def require_wiring() -> None:
     if 'include: "workflow/rules/container.smk"' not in (ROOT / "Snakefile").read_text():
         pytest.fail('the Snakefile does not include workflow/rules/container.smk yet (see containers/README.md, '
-                    '"Wiring")')
+                    '"How the DAG uses it")')
 
 
 def test_docker_runtime_dry_run_puts_image_first(tmp_path):
