@@ -24,6 +24,7 @@ wildcard_constraints:
     runs=r"runs|repro",
 
 
+include: "workflow/rules/container.smk"  # LB_JOB, IMAGE; before the stage rules
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"

@@ -250,9 +250,11 @@ class Plan:
         return {"none": [], "docker": [str(self.image_json)], "apptainer": [str(self.sif)]}[self.runtime]
 
     @property
-    def apptainer_image(self) -> str | None:
-        """The ``container:`` image for ``--sdm apptainer`` (None unless runtime apptainer)."""
-        return str(self.sif) if self.runtime == "apptainer" else None
+    def apptainer_image(self) -> str:
+        """The rules' ``container:`` image: the .sif that ``--sdm apptainer`` runs
+        (runtime apptainer), else the study image it would be built from. It
+        documents each rule's software; only ``--sdm apptainer`` uses it."""
+        return str(self.sif) if self.runtime == "apptainer" else f"docker-daemon://{self.image}"
 
     def build_command(self, python: str = sys.executable) -> str:
         """Shell command of the build rule (``{output}``/``{log}`` left to Snakemake)."""

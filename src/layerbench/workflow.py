@@ -26,7 +26,8 @@ class StudyPaths:
 
     @classmethod
     def from_config(cls, raw: dict, root: Path | str = ".") -> "StudyPaths":
-        paths = cls(study_from_dict(dict(raw), source="config"), Path(root))
+        plain = json.loads(json.dumps(raw))  # Snakemake gives OrderedDicts for JSON config files
+        paths = cls(study_from_dict(plain, source="config"), Path(root))
         paths.write_study_file()
         return paths
 

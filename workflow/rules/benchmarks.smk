@@ -16,13 +16,15 @@ if S.benchmark_exports():
 
     rule prepare_benchmark:
         """Export a local eval task's problems from the Hub ({problem, answer} jsonl + provenance)."""
+        input:
+            image=IMAGE,
         output:
             data="results/benchmarks/{benchmark}.jsonl",
             info="results/benchmarks/{benchmark}.json",
         wildcard_constraints:
             benchmark="|".join(sorted(BENCHMARK_EXPORTS)),
         params:
-            lb=LB,
+            lb=LB_JOB,
         log:
             "results/benchmarks/{benchmark}.log",
         shell:
@@ -36,10 +38,12 @@ if S.eval_task_inputs():
 
     rule prepare_eval_tasks:
         """Download (into the HF cache) and build every lm-eval Hub task of the study."""
+        input:
+            image=IMAGE,
         output:
             S.results / "eval_tasks.json",
         params:
-            lb=LB,
+            lb=LB_JOB,
             study=S.study_file,
             fingerprint=S.fingerprint("eval"),
         log:

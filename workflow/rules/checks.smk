@@ -1,13 +1,14 @@
 rule check_arms:
     """Pairing check (same first rollouts within a seed) and parameter audit."""
     input:
+        image=IMAGE,
         model=S.base_model,
         runs=S.all_runs(),
     output:
         pairing=S.results / "pairing.csv",
         audit=S.results / "param_audit.csv",
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
     log:
         S.logs / "check_arms.log",
@@ -18,12 +19,13 @@ rule check_arms:
 rule repro:
     """Re-run one (arm, seed) from scratch and compare it with the original run."""
     input:
+        image=IMAGE,
         original=S.run_dir(S.repro_arm, S.repro_seed),
         rerun=S.results / "repro" / S.repro_arm.slug / f"seed{S.repro_seed}",
     output:
         S.results / "repro.json",
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
         arm=S.repro_arm.name,
         seed=S.repro_seed,

@@ -1,6 +1,7 @@
 rule collect:
     """Tidy tables: scores, contributions, training metrics, per-job timings."""
     input:
+        image=IMAGE,
         runs=S.all_runs(),
         evals=S.all_evals(),
         pairing=rules.check_arms.output.pairing,
@@ -14,7 +15,7 @@ rule collect:
         provenance=S.results / "provenance.json",
         timings=S.results / "timings.csv",
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
     log:
         S.logs / "collect.log",

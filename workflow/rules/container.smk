@@ -26,12 +26,15 @@ CONTAINER = lb_containers.plan(S.study.runtime, S.root)
 LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} data --study ..."
 IMAGE = CONTAINER.inputs  # stage rules: input: image=IMAGE
 
-if CONTAINER.runtime == "apptainer" and (
-    DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method
-):
+USING_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+if CONTAINER.runtime == "apptainer" and not USING_APPTAINER:
     raise WorkflowError(
         "this study has runtime: apptainer; run it with Snakemake's apptainer "
         "support: --profile workflow/profiles/apptainer (or --sdm apptainer --apptainer-args --nv)"
+    )
+if USING_APPTAINER and CONTAINER.runtime != "apptainer":
+    raise WorkflowError(
+        f"--sdm apptainer needs the study key runtime: apptainer (this study has runtime: {CONTAINER.runtime})"
     )
 
 

@@ -4,6 +4,7 @@ rule evaluate:
     with exported local benchmarks (results/benchmarks/*.jsonl) or lm-eval Hub tasks
     (eval_tasks.json) take those as inputs, so nothing is downloaded on a compute node."""
     input:
+        image=IMAGE,
         model=lambda w: S.model_for(w.arm, w.seed),
         test=rules.make_data.output.test,
         **S.eval_data_inputs(),
@@ -11,7 +12,7 @@ rule evaluate:
     output:
         directory(S.results / "eval" / "{arm}" / "seed{seed}"),
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
         fingerprint=S.fingerprint("eval", "limits"),
         **S.gpu_params(),

@@ -3,11 +3,12 @@ if S.study.model["source"] == "build":
     rule build_base_model:
         """Train the tiny Qwen2 base model (tokenizer + SFT) into a model directory."""
         input:
+            image=IMAGE,
             sft=rules.make_data.output.sft,
         output:
             directory(S.base_model),
         params:
-            lb=LB,
+            lb=LB_JOB,
             study=S.study_file,
             fingerprint=S.fingerprint("model", "data"),
         threads: 2
@@ -27,10 +28,12 @@ elif S.study.model["source"] == "hub":
     rule prepare_model:
         """Snapshot-download model.id at model.revision (resolved to a commit) into base_model/.
         Needs network; a localrule, so on SLURM it runs where Snakemake runs."""
+        input:
+            image=IMAGE,
         output:
             directory(S.base_model),
         params:
-            lb=LB,
+            lb=LB_JOB,
             study=S.study_file,
             fingerprint=S.fingerprint("model"),
         log:

@@ -1,6 +1,7 @@
 rule preflight:
     """Every token limit checked against the real tokenizer before any training."""
     input:
+        image=IMAGE,
         model=S.base_model,
         train=rules.make_data.output.train,
         test=rules.make_data.output.test,
@@ -8,7 +9,7 @@ rule preflight:
         report=report(S.results / "preflight.json", category="Checks", caption="../report/preflight.rst"),
         train=S.results / "train_checked.jsonl",
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
         fingerprint=S.fingerprint("limits", "eval", "rl"),
     log:

@@ -1,6 +1,7 @@
 rule report:
     """The self-contained HTML comparison report under reports/<study>/."""
     input:
+        image=IMAGE,
         scores=S.scores,
         contributions=S.contributions,
         training=rules.collect.output.training,
@@ -13,7 +14,7 @@ rule report:
     output:
         report(S.report, category="Report", caption="../report/index.rst"),
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
     log:
         S.logs / "report.log",

@@ -1,13 +1,14 @@
 rule track:
     """Log the study to MLflow: one parent run, a child run per (arm, seed)."""
     input:
+        image=IMAGE,
         scores=S.scores,
         contributions=S.contributions,
         training=rules.collect.output.training,
     output:
         S.mlflow,
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
     log:
         S.logs / "track.log",

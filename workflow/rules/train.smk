@@ -4,12 +4,13 @@ rule train_arm:
     GPU studies (resources.gpu): resources gpu/mem_mb/runtime, and one GPU slot per job
     (layerbench.gpuslots sets CUDA_VISIBLE_DEVICES)."""
     input:
+        image=IMAGE,
         model=S.base_model,
         train=rules.preflight.output.train,
     output:
         directory(S.results / "{runs}" / "{arm}" / "seed{seed}"),
     params:
-        lb=LB,
+        lb=LB_JOB,
         study=S.study_file,
         fingerprint=lambda w: S.arm_fingerprint(w.arm),
         **S.gpu_params(),
