@@ -17,7 +17,17 @@ want=$(sha256sum environment.lock | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r environment.lock
+  # torch==2.13.0 in the lock carries the hashes of PyPI's CUDA wheels and of
+  # the CPU wheel; without a GPU take the CPU build (no CUDA libraries needed).
+  cpu_torch=()
+  if ! command -v nvidia-smi >/dev/null; then
+    echo "torch==2.13.0+cpu" > .venv/torch-cpu.txt
+    cpu_torch=(-c .venv/torch-cpu.txt)
+    find_links=$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)
+    ls "${find_links:-/nonexistent}"/torch-2.13.0+cpu-* >/dev/null 2>&1 \
+      || cpu_torch+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
+  .venv/bin/python -m pip install --quiet --require-hashes --no-deps "${cpu_torch[@]}" -r environment.lock
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   .venv/bin/python -m pip check
   echo "$want" > "$stamp"

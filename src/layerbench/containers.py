@@ -200,7 +200,8 @@ def docker_prefix(image: str, *, gpus: str | None = "all", engine: str = "docker
                   network: str | None = "host") -> str:
     """The shell prefix that runs a study command in ``image``: the working
     tree mounted at ``workdir`` as the caller's user, its ``src/`` first on
-    the path, the image id exported for provenance. ``gpus`` None for a CPU
+    the path, the image id exported for provenance, the job's GPU slot
+    (CUDA_VISIBLE_DEVICES) passed through. ``gpus`` None for a CPU
     image; ``network`` host so a local MLflow server stays reachable."""
     ref = shlex.quote(image)
     parts = [engine, "run", "--rm"]
@@ -211,7 +212,9 @@ def docker_prefix(image: str, *, gpus: str | None = "all", engine: str = "docker
     parts += ["-u", "$(id -u):$(id -g)", "-v", f'"$PWD":{workdir}', "-w", workdir,
               "-e", f"PYTHONPATH={workdir}/src",
               "-e", f"LAYERBENCH_IMAGE_ID=$({engine} images --no-trunc --quiet {ref})",
-              "-e", "MLFLOW_TRACKING_URI", ref]
+              "-e", "MLFLOW_TRACKING_URI",
+              "-e", "CUDA_VISIBLE_DEVICES",  # the GPU slot layerbench.gpuslots gave this job
+              ref]
     return " ".join(parts)
 
 
@@ -279,12 +282,14 @@ class Plan:
         return f"{host_python} -m layerbench"
 
 
-def plan(runtime: str, root: Path | str = ".", environ: dict | None = None) -> Plan:
+def plan(runtime: str, root: Path | str = ".", environ: dict | None = None, repo: Path | str | None = None) -> Plan:
     """The container plan for a study. Build settings come from the
     environment (the study schema has only ``runtime``):
     LAYERBENCH_TORCH_FLAVOUR (cuda|cpu, default cuda), LAYERBENCH_BASE_IMAGE
     (default: the Dockerfile's pinned CUDA base), LAYERBENCH_WHEELS (a wheel
-    folder for pip), LAYERBENCH_CONTAINER_ENGINE (default docker)."""
+    folder for pip), LAYERBENCH_CONTAINER_ENGINE (default docker). The
+    Dockerfile and locks are read from ``repo`` (the workflow's folder), the
+    image record is written under ``root`` (the study's working folder)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
     env = os.environ if environ is None else environ
@@ -293,7 +298,8 @@ def plan(runtime: str, root: Path | str = ".", environ: dict | None = None) -> P
     if flavour not in FLAVOURS:
         raise ValueError(f"LAYERBENCH_TORCH_FLAVOUR must be one of {FLAVOURS}, not {flavour!r}")
     wheels = env.get("LAYERBENCH_WHEELS")
-    return Plan(runtime=runtime, dockerfile=root / DOCKERFILE, lock=root / LOCK, torch_flavour=flavour,
+    repo = Path(repo) if repo is not None else root
+    return Plan(runtime=runtime, dockerfile=repo / DOCKERFILE, lock=repo / LOCK, torch_flavour=flavour,
                 base_image=env.get("LAYERBENCH_BASE_IMAGE") or None,
                 engine=env.get("LAYERBENCH_CONTAINER_ENGINE") or "docker",
                 wheels=Path(wheels) if wheels else None, out_dir=root / "results" / "containers")

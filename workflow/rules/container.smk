@@ -22,7 +22,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from layerbench import containers as lb_containers
 
-CONTAINER = lb_containers.plan(S.study.runtime, S.root)
+CONTAINER = lb_containers.plan(S.study.runtime, S.root, repo=workflow.basedir)
 LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} data --study ..."
 IMAGE = CONTAINER.inputs  # stage rules: input: image=IMAGE
 
