@@ -195,10 +195,11 @@ class StudyPaths:
     def arm_fingerprint(self, slug: str) -> str:
         arm = Arm.parse(slug)
         raw = self.study.raw
-        fp = {"rl": self.study.rl_for(arm).identity(), "cap": raw["limits"]["max_completion_tokens"],
-              "model": raw["model"], "data": raw.get("data")}
-        if self.study.rl_for(arm).use_vllm:
-            fp["max_prompt"] = raw["limits"]["max_prompt_tokens"]  # sets vLLM's max_model_len
+        limits = raw["limits"]
+        fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
+              "model": raw["model"], "data": raw.get("data"),
+              # the prompts training reads (preflight's prompt policy) and vLLM's max_model_len
+              "prompts": [limits["max_prompt_tokens"], limits.get("prompt_policy", "error")]}
         return _digest(fp)
 
     def write_study_file(self) -> None:

@@ -6,7 +6,9 @@ rule train_arm:
     input:
         image=IMAGE,
         model=S.base_model,
-        train=rules.preflight.output.train,
+        # ancient: the preflight re-runs when eval settings change; that must not
+        # retrain. What the prompts depend on is in the fingerprint instead.
+        train=ancient(rules.preflight.output.train),
     output:
         directory(S.results / "{runs}" / "{arm}" / "seed{seed}"),
     params:
