@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, default_raw
+from conftest import ROOT
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, small_study_raw
-from layerbench.config import Suite, study_from_dict
+from layerbench.config import study_from_dict
 
 # --- Hub data, model and benchmark exports ----------------------------------------
 

@@ -1,8 +1,6 @@
 """The token-budget preflight catches each problem, naming it."""
 
-import copy
 import json
-import shutil
 
 import pytest
 import yaml

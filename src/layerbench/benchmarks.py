@@ -14,12 +14,11 @@ report can say exactly which problems were scored. See benchmarks/README.md.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.hubdata import extract_answer
-from layerbench.io import atomic_write_json, atomic_write_jsonl
+from layerbench.io import atomic_write_json, atomic_write_jsonl, sha256_file
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,6 @@ def export_benchmark(name: str, out: Path, dataset=None) -> dict:
     info = {"name": name, "dataset": spec.dataset, "config_name": spec.config_name, "split": spec.split,
             "revision": spec.revision, "fingerprint": getattr(dataset, "_fingerprint", None),
             "rows": len(records), "skipped_without_answer": skipped, "note": spec.note,
-            "sha256": hashlib.sha256(Path(out).read_bytes()).hexdigest()}
+            "sha256": sha256_file(out)}
     atomic_write_json(Path(out).with_suffix(".json"), info)
     return info

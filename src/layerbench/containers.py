@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerbench.io import sha256_file
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = Path("containers") / "Dockerfile"
 LOCK = Path("environment.lock")
@@ -62,10 +64,6 @@ def lock_overrides(path: Path | str) -> dict[str, str]:
     return {normalize(n): v for n, v in _OVERRIDE.findall(Path(path).read_text())}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def container_locks(dockerfile: Path | str) -> list[Path]:
     """The locks that live next to the Dockerfile (gpu.lock, bootstrap.lock)."""
     return sorted(Path(dockerfile).parent.glob("*.lock"))
@@ -87,7 +85,7 @@ def image_tag(dockerfile: Path | str, lock: Path | str, *, torch_flavour: str = 
     h = hashlib.sha256(b"layerbench-image-v1\n")
     for path in (Path(dockerfile), Path(lock), *container_locks(dockerfile)):
         h.update(f"{path.name}\n".encode())
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(bytes.fromhex(sha256_file(path)))
     h.update(f"flavour={torch_flavour}\nbase={base_image or default_base_image(dockerfile)}\n".encode())
     return f"{torch_flavour}-{h.hexdigest()[:12]}"
 
@@ -161,7 +159,7 @@ def build_image(dockerfile: Path, lock: Path, out_json: Path, base_image: str | 
     if built:
         with tempfile.TemporaryDirectory(prefix="layerbench-build-") as ctx:
             _stage_context(Path(ctx), root, lock, dockerfile, wheels, Path(ca_bundle) if ca_bundle else None)
-            args = {"TORCH_FLAVOUR": torch_flavour, "IMAGE_NAME": image, "LOCK_SHA256": _sha256(lock),
+            args = {"TORCH_FLAVOUR": torch_flavour, "IMAGE_NAME": image, "LOCK_SHA256": sha256_file(lock),
                     "GIT_COMMIT": _git_revision(root)}
             if base_image:
                 args["BASE_IMAGE"] = base_image
@@ -187,9 +185,9 @@ def build_image(dockerfile: Path, lock: Path, out_json: Path, base_image: str | 
         "build_seconds": round(time.monotonic() - started, 1) if built else None,
         "torch_flavour": torch_flavour,
         "base_image": base_image or default_base_image(dockerfile),
-        "dockerfile_sha256": _sha256(dockerfile),
-        "environment_lock_sha256": _sha256(lock),
-        "container_locks_sha256": {p.name: _sha256(p) for p in container_locks(dockerfile)},
+        "dockerfile_sha256": sha256_file(dockerfile),
+        "environment_lock_sha256": sha256_file(lock),
+        "container_locks_sha256": {p.name: sha256_file(p) for p in container_locks(dockerfile)},
         "labels": labels,
     }
     atomic_write_json(out_json, record)

@@ -8,6 +8,7 @@ the old file, no file, or the complete new one.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -54,14 +55,12 @@ def atomic_write_csv(path: Path | str, rows: Iterable[dict], columns: list[str])
     return atomic_write_text(path, buf.getvalue())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_jsonl(path: Path | str, records: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def sha256_file(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_csv(path: Path | str) -> list[dict]:

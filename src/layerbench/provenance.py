@@ -7,7 +7,6 @@ container) are present as null rather than missing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -17,6 +16,7 @@ import sys
 from pathlib import Path
 
 from layerbench.config import PACKAGE_ROOT
+from layerbench.io import sha256_file
 from layerbench.workflow import StudyPaths
 
 PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
@@ -45,10 +45,6 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
-
-
-def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def hardware() -> dict:
@@ -86,7 +82,7 @@ def provenance(paths: StudyPaths) -> dict:
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
-        "environment_lock_sha256": _sha256(PACKAGE_ROOT / "environment.lock"),
+        "environment_lock_sha256": sha256_file(lock) if (lock := PACKAGE_ROOT / "environment.lock").exists() else None,
         "python": sys.version.split()[0],
         "versions": {name: _version(name) for name in PACKAGES} | {"layerbench": _version("layerbench")},
         **hardware(),

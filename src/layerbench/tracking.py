@@ -17,7 +17,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 
 from layerbench.io import atomic_write_json, read_csv
 from layerbench.workflow import StudyPaths
@@ -137,7 +136,8 @@ def track_study(paths: StudyPaths) -> dict:
     prov = provenance(paths)
     tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()}
     parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
-    log_run(client, parent, _flatten("config", study.resolved(), {}), [], tags)
+    config_params = _flatten("config", study.resolved(), {})
+    log_run(client, parent, config_params, [], tags)
 
     scores = read_csv(paths.scores)
     training = read_csv(paths.results / "training_metrics.csv")
@@ -169,7 +169,7 @@ def track_study(paths: StudyPaths) -> dict:
                     for key in ("accuracy", "truncated_rate", "finished_accuracy", "mean_tokens"):
                         if row[key] != "":
                             metrics.append((f"eval/{row['task']}/{key}/budget_{row['budget']}", float(row[key]), 0))
-            params.update(_flatten("config", study.resolved(), {}))
+            params.update(config_params)
             log_run(client, run_id, params, metrics, tags)
             retry(client.log_artifacts, run_id, str(paths.eval_dir(arm, seed)), "eval")
             if arm.trains:
