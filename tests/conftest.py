@@ -32,6 +32,18 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     return raw
 
 
+def job_stats(text: str) -> dict[str, int]:
+    """{rule: jobs} from the "Job stats" table of a Snakemake dry run."""
+    block = text[text.index("Job stats:"):]
+    stats = {}
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
 @pytest.fixture(scope="session")
 def small_base(tmp_path_factory):
     """Data and a base model for the small study, built once."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, job_stats
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
@@ -188,17 +188,6 @@ def _dry_run(configfile: Path | None) -> str:
     return out.stdout + out.stderr
 
 
-def _job_stats(text: str) -> dict[str, int]:
-    block = text[text.index("Job stats:"):]
-    stats = {}
-    for line in block.splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        stats[parts[0]] = int(parts[1])
-    return stats
-
-
 def _jobs(text: str, rule: str) -> list[str]:
     return [block for block in re.split(r"\n\[[^\]]+\]\n", text) if block.startswith(f"rule {rule}:")]
 
@@ -209,13 +198,12 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path):
     before = (ROOT / "results" / study.name / "base_model").exists()
     text = _dry_run(path)
     seeds, layers = len(study.seeds), study.num_layers
-    stats = _job_stats(text)
+    stats = job_stats(text)
     assert stats["train_arm"] == (layers + 1) * seeds  # full + every layer, per seed
     assert stats["evaluate"] == (layers + 2) * seeds  # + base; each job scores every budget
-    assert {k: stats.get(k) for k in ("prepare_model", "prepare_data", "make_data", "preflight",
-                                      "prepare_eval_tasks", "check_arms", "collect", "report", "track")} == \
-        dict.fromkeys(("prepare_model", "prepare_data", "make_data", "preflight", "prepare_eval_tasks",
-                       "check_arms", "collect", "report", "track"), 1)
+    once = ("prepare_model", "prepare_data", "make_data", "preflight_train", "preflight", "prepare_eval_tasks",
+            "check_arms", "collect", "report", "track")
+    assert {k: stats.get(k) for k in once} == dict.fromkeys(once, 1)
     assert stats["prepare_benchmark"] == 2  # amc, olympiadbench
     assert "build_base_model" not in stats
     for rule in ("train_arm", "evaluate"):
@@ -243,7 +231,7 @@ def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not():
     assert "-m layerbench.gpuslots --gpus 1 -- " in out.stdout
     default = _dry_run(None)
     assert "gpuslots" not in default and not re.search(r"resources: .*\bgpu=", default)
-    assert "build_base_model" in _job_stats(default) and "prepare_model" not in _job_stats(default)
+    assert "build_base_model" in job_stats(default) and "prepare_model" not in job_stats(default)
 
 
 # --- offline preflight ----------------------------------------------------------

@@ -93,11 +93,16 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_preflight(args) -> None:
-    from layerbench.preflight import run_preflight
+    from layerbench.preflight import eval_preflight, train_preflight
 
     paths = _paths(args)
     model = Path(args.model) if args.model else None
-    run_preflight(paths.study, model, Path(args.train), paths.results)
+    if args.part == "train":
+        if not args.train:
+            raise SystemExit("layerbench preflight --part train needs --train")
+        train_preflight(paths.study, model, Path(args.train), paths.results)
+    else:
+        eval_preflight(paths.study, model, paths.results)
 
 
 def cmd_check_arms(args) -> None:
@@ -229,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage("evaluate", cmd_evaluate, "stage: lm-eval a model at every budget",
           ("--model", {"required": True}), ("--seed", {"type": int, "required": True}),
           ("--out", {"required": True}))
-    stage("preflight", cmd_preflight, "stage: check every token limit before training",
+    stage("preflight", cmd_preflight, "stage: check every token limit before training (--part train) "
+                                      "and before evaluation (--part eval)",
+          ("--part", {"choices": ("train", "eval"), "required": True}),
           ("--model", {"help": "model directory (omit when it is not available offline)"}),
-          ("--train", {"required": True}))
+          ("--train", {"help": "training prompts (--part train)"}))
     stage("check-arms", cmd_check_arms, "stage: pairing check and parameter audit")
     stage("check-repro", cmd_check_repro, "stage: compare a re-run with the original run",
           ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),

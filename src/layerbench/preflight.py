@@ -2,9 +2,12 @@
 
 Tokenises every training prompt and every evaluation context (built by
 lm-eval itself, few-shot examples included) with the study's tokenizer and
-checks them against the study's caps and the model's context. Writes
-``preflight.json`` (machine-readable) and ``preflight.md`` (a table), and the
-training prompts that pass the prompt policy to ``train.jsonl``.
+checks them against the study's caps and the model's context. Two stages:
+the training checks (``preflight_train.json``, and the prompts that pass the
+prompt policy in ``train_checked.jsonl``) gate training; the evaluation
+checks gate evaluation and write ``preflight.json`` and ``preflight.md``, the
+whole table. Training reads only the first, so an eval-only edit never
+retrains (and a failed eval check wastes no training: it stays valid).
 
 Errors stop the DAG, naming the config key and the numbers; warnings go to
 the report. TRL has no prompt cap of its own (it removed
@@ -236,34 +239,73 @@ def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: 
                    contexts=len(texts), over=over, longest=longest, budget=budget, context=context)
 
 
-def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
-    report = Report()
+def _model(study: Study, model_dir: Path | None) -> tuple[int, str, object | None]:
+    """(context, where it came from, tokenizer or None when not available offline)."""
     context, source = model_context(study, model_dir)
-    report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
-    check_budgets(study, report)
-    check_caps(study, report, context)
     tokenizer = None
     if model_dir is not None and (model_dir / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer is None:
-        report.add("tokenizer", "model", "warn",
-                   "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")
-        check_budget_context(study, report, context)
-        buildable_suites(study, report, reason_offline="no tokenizer to measure prompts with")
-        kept = read_jsonl(train_file)
-    else:
-        kept = check_training(study, report, tokenizer, read_jsonl(train_file), context)
-        suites = buildable_suites(study, report)
-        if suites:
-            check_eval(study, report, tokenizer, context, eval_contexts(study, suites))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "preflight.json", {"status": report.status, "checks": report.checks})
-    atomic_write_text(out_dir / "preflight.md", report.markdown())
+    return context, source, tokenizer
+
+
+def _publish(report: Report, path: Path) -> None:
+    """Write the checks (json and a markdown table), then stop on any error,
+    naming every one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"status": report.status, "checks": report.checks})
+    atomic_write_text(path.with_suffix(".md"), report.markdown())
     print(report.markdown())
     errors = [c for c in report.checks if c["status"] == "error"]
     if errors:
         raise PreflightError("preflight failed:\n  " + "\n  ".join(f"{c['subject']}: {c['message']}" for c in errors))
+
+
+def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
+    """The limits training depends on: prompt cap and policy, prompt + completion
+    cap against the context. Writes ``preflight_train.json`` and the prompts to
+    train on (``train_checked.jsonl``). A stage of its own so that editing eval
+    settings never re-runs training."""
+    report = Report()
+    context, source, tokenizer = _model(study, model_dir)
+    report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
+    check_caps(study, report, context)
+    if tokenizer is None:
+        report.add("tokenizer", "model", "warn",
+                   "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")
+        kept = read_jsonl(train_file)
+    else:
+        kept = check_training(study, report, tokenizer, read_jsonl(train_file), context)
+    _publish(report, out_dir / "preflight_train.json")
     atomic_write_jsonl(out_dir / "train_checked.jsonl", kept)
     return report
+
+
+def eval_preflight(study: Study, model_dir: Path | None, out_dir: Path) -> Report:
+    """The evaluation limits (budgets against the training cap and the context,
+    every eval context measured as lm-eval builds it), appended to the training
+    checks in ``preflight.json``: the one table the report shows."""
+    train_checks = json.loads((out_dir / "preflight_train.json").read_text())["checks"]
+    report = Report(checks=list(train_checks))
+    context, _, tokenizer = _model(study, model_dir)
+    check_budgets(study, report)
+    if tokenizer is None:
+        check_budget_context(study, report, context)
+        buildable_suites(study, report, reason_offline="no tokenizer to measure prompts with")
+    else:
+        suites = buildable_suites(study, report)
+        if suites:
+            check_eval(study, report, tokenizer, context, eval_contexts(study, suites))
+    _publish(report, out_dir / "preflight.json")
+    return report
+
+
+def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
+    """Both stages in one call (``layerbench check-limits``, tests), stopping
+    with the errors of both."""
+    try:
+        train_preflight(study, model_dir, train_file, out_dir)
+    except PreflightError:
+        pass  # its checks are in preflight_train.json, which eval_preflight reports with its own
+    return eval_preflight(study, model_dir, out_dir)

@@ -198,9 +198,19 @@ class StudyPaths:
         limits = raw["limits"]
         fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
               "model": raw["model"], "data": raw.get("data"),
-              # the prompts training reads (preflight's prompt policy) and vLLM's max_model_len
-              "prompts": [limits["max_prompt_tokens"], limits.get("prompt_policy", "error")]}
+              "max_model_len": limits["max_prompt_tokens"]}  # vLLM's: prompt cap + completion cap
         return _digest(fp)
+
+    def train_preflight_fingerprint(self) -> str:
+        """What rule preflight_train reads: a change re-runs it and so every
+        training job; nothing else may (see train.smk)."""
+        study, raw = self.study, self.study.raw
+        limits = raw["limits"]
+        return _digest({"model": raw["model"],
+                        "limits": [limits["max_prompt_tokens"], limits["max_completion_tokens"],
+                                   limits.get("prompt_policy", "error")],
+                        "rl": [bool(study.rl.get("use_vllm")),
+                               sorted({study.rl_for(a).algorithm for a in study.trained_arms})]})
 
     def write_study_file(self) -> None:
         text = yaml.safe_dump(self.study.raw, sort_keys=True)

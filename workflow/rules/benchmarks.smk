@@ -55,4 +55,5 @@ if S.eval_task_inputs():
 if S.study.gpus:
 
     localrules:
+        preflight_train,
         preflight,

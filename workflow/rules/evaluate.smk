@@ -7,6 +7,7 @@ rule evaluate:
         image=IMAGE,
         model=lambda w: S.model_for(w.arm, w.seed),
         test=rules.make_data.output.test,
+        preflight=rules.preflight.output.report,
         **S.eval_data_inputs(),
         **S.eval_task_inputs(),
     output:
