@@ -404,3 +404,22 @@ def test_missing_browser_or_java_fails_with_how_to_install(monkeypatch):
     for check in (chromium, java):
         with pytest.raises(pytest.fail.Exception, match=r"scripts/setup.sh --test"):
             check()
+
+
+def test_wall_time_is_the_latest_run_measured_up_to_now_until_it_ends(tmp_path):
+    """The report rule runs before the onsuccess handler writes wall_time.json:
+    a stale file from the previous run must not be shown as this run's."""
+    import time
+
+    from layerbench.timing import latest_wall_time, record
+
+    assert latest_wall_time(tmp_path) is None
+    atomic_write_json(tmp_path / "wall_time.json", {"started": 1.0, "finished": 62.2, "wall_seconds": 61.2})
+    assert latest_wall_time(tmp_path) == {"seconds": 61.2, "complete": True}  # no marker: the file's run
+    record(tmp_path, "start")
+    time.sleep(1.1)
+    running = latest_wall_time(tmp_path)
+    assert running["complete"] is False and 1.0 <= running["seconds"] < 30
+    record(tmp_path, "finish")
+    finished = latest_wall_time(tmp_path)
+    assert finished["complete"] is True and finished["seconds"] >= running["seconds"]

@@ -31,6 +31,7 @@ from layerbench.collect import arm_sort_key
 from layerbench.config import Arm, ConfigError, Study
 from layerbench.data import read_jsonl
 from layerbench.io import atomic_write_text, read_csv
+from layerbench.timing import latest_wall_time
 from layerbench.workflow import StudyPaths
 
 TRAINING_METRICS = (
@@ -558,6 +559,8 @@ def provenance_view(record: dict) -> dict:
 
 
 def compute_view(timings: list[dict] | None, wall: dict | None) -> dict | None:
+    """Job seconds and peak memory by stage, and the run's wall time
+    (``timing.latest_wall_time``)."""
     if timings is None and wall is None:
         return None
     stages = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "rss": 0.0})
@@ -567,7 +570,7 @@ def compute_view(timings: list[dict] | None, wall: dict | None) -> dict | None:
         s["jobs"] += 1
         s["seconds"] += _f(r["seconds"]) or 0
         s["rss"] = max(s["rss"], _f(r["max_rss_mb"]) or 0)
-    return {"wall": _f((wall or {}).get("wall_seconds")), "stages": sorted(stages.items())}
+    return {"wall": wall, "stages": sorted(stages.items())}
 
 
 # --------------------------------------------------------------------------
@@ -766,7 +769,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     # provenance
     prov = _json(paths, "provenance.json")
     v["provenance"] = provenance_view(prov) if prov is not None else None
-    v["compute"] = compute_view(_csv(paths, "timings.csv"), _json(paths, "wall_time.json"))
+    v["compute"] = compute_view(_csv(paths, "timings.csv"), latest_wall_time(paths.results))
     v["config_yaml"] = yaml.safe_dump(study.raw, sort_keys=True)
     # samples
     best = set(v["headline"]["best"].values()) if contributions else set()

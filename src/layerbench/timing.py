@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from layerbench.io import atomic_write_json
 
+MARKER = ".started"
+
 
 def record(results: Path, event: str) -> None:
-    marker = results / ".started"
+    marker = results / MARKER
     results.mkdir(parents=True, exist_ok=True)
     if event == "start":
         marker.write_text(str(time.time()))
@@ -20,3 +23,18 @@ def record(results: Path, event: str) -> None:
         "started": started, "finished": finished,
         "wall_seconds": None if started is None else round(finished - started, 1),
     })
+
+
+def latest_wall_time(results: Path) -> dict | None:
+    """{"seconds", "complete"} of the study's latest Snakemake run. The report
+    is rendered before Snakemake's onsuccess handler writes wall_time.json, so
+    while that run is still going (its start marker is not the one in
+    wall_time.json) it is measured up to now, and marked incomplete."""
+    wall_file, marker = results / "wall_time.json", results / MARKER
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else None
+    started = float(marker.read_text()) if marker.exists() else None
+    if started is not None and (wall is None or wall.get("started") != started):
+        return {"seconds": round(time.time() - started, 1), "complete": False}
+    if wall is None or wall.get("wall_seconds") is None:
+        return None
+    return {"seconds": float(wall["wall_seconds"]), "complete": True}
