@@ -34,7 +34,6 @@ from pathlib import Path
 
 from layerbench.io import sha256_file
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = Path("containers") / "Dockerfile"
 LOCK = Path("environment.lock")
 REPOSITORY = "layerbench"

@@ -11,13 +11,17 @@ from layerbench.io import atomic_write_json
 MARKER = ".started"
 
 
-def record(results: Path, event: str) -> None:
+def _started(results: Path) -> float | None:
     marker = results / MARKER
+    return float(marker.read_text()) if marker.exists() else None
+
+
+def record(results: Path, event: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     if event == "start":
-        marker.write_text(str(time.time()))
+        (results / MARKER).write_text(str(time.time()))
         return
-    started = float(marker.read_text()) if marker.exists() else None
+    started = _started(results)
     finished = time.time()
     atomic_write_json(results / "wall_time.json", {
         "started": started, "finished": finished,
@@ -30,9 +34,9 @@ def latest_wall_time(results: Path) -> dict | None:
     is rendered before Snakemake's onsuccess handler writes wall_time.json, so
     while that run is still going (its start marker is not the one in
     wall_time.json) it is measured up to now, and marked incomplete."""
-    wall_file, marker = results / "wall_time.json", results / MARKER
+    wall_file = results / "wall_time.json"
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else None
-    started = float(marker.read_text()) if marker.exists() else None
+    started = _started(results)
     if started is not None and (wall is None or wall.get("started") != started):
         return {"seconds": round(time.time() - started, 1), "complete": False}
     if wall is None or wall.get("wall_seconds") is None:

@@ -14,7 +14,6 @@ rule preflight_train:
         lb=LB_JOB,
         study=S.study_file,
         fingerprint=S.train_preflight_fingerprint(),
-    priority: 10
     log:
         S.logs / "preflight_train.log",
     shell:
@@ -39,6 +38,8 @@ rule preflight:
         lb=LB_JOB,
         study=S.study_file,
         fingerprint=S.fingerprint("limits", "eval"),
+    # ready together with the first training jobs: run it first, so a bad eval
+    # limit stops the study before most of the training is spent
     priority: 10
     log:
         S.logs / "preflight.log",
