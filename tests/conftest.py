@@ -1,15 +1,77 @@
 """Shared fixtures. Everything runs for real on CPU: a tiny model is built
-and trained in-process (session-scoped, so once per test run)."""
+and trained in-process (session-scoped, so once per test run).
+
+Hermetic: every Snakemake run goes through ``snakemake_in`` in a study folder
+under a temp directory, never the repository; the session fails when the
+repository's own study outputs (``RUN_OUTPUTS``) changed while it ran."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a study run in the repository writes; tests must neither read nor write them
+RUN_OUTPUTS = ("results", "reports", "mlflow.db", "mlruns", ".snakemake")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime_ns)} of every file under ``root``'s RUN_OUTPUTS."""
+    state = {}
+    for name in RUN_OUTPUTS:
+        top = root / name
+        for path in [top] if top.is_file() else top.rglob("*") if top.is_dir() else []:
+            if path.is_file():
+                st = path.stat()
+                state[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_STATE] = tree_state(ROOT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before, after = session.config.stash[_STATE], tree_state(ROOT)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        print(f"\nNOT HERMETIC: the tests changed the repository's own study outputs: {changed[:20]}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATE = pytest.StashKey[dict]()
+
+
+def study_workdir(path: Path, raw: dict | None = None) -> Path:
+    """A study folder outside the repository: the repo's Snakefile runs there
+    (``--directory``) with the files the DAG reads linked in, and ``raw``
+    (if given) as its ``study.yaml``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "benchmarks", "containers", "environment.lock"):
+        if not (path / name).exists():
+            (path / name).symlink_to(ROOT / name)
+    if raw is not None:
+        (path / "study.yaml").write_text(yaml.safe_dump(raw))
+    return path
+
+
+def snakemake_in(workdir: Path, *args: str, configfile: Path | str | None = "study.yaml", env: dict | None = None,
+                 timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in ``workdir`` (``--configfile`` relative
+    to it; None: the default study). MLFLOW_TRACKING_URI is dropped so each
+    study uses its own folder's store."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    config = ["--configfile", str(workdir / configfile)] if configfile else []
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                           str(workdir), *config, *args],
+                          cwd=workdir, capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout)
 
 
 def default_raw() -> dict:
@@ -54,5 +116,5 @@ def small_base(tmp_path_factory):
     study = study_from_dict(small_study_raw())
     out = tmp_path_factory.mktemp("small_base")
     paths = write_splits(study.task_spec, out / "data")
-    build_base_model(paths["sft"], out / "model", study.model_spec, threads=2)
+    build_base_model(paths["sft"], out / "model", study.model_spec)
     return {"study": study, "data": out / "data", "model": out / "model"}

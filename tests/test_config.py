@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import default_raw, small_study_raw
+from conftest import default_raw, small_study_raw, snakemake_in, study_workdir
 from layerbench.config import Arm, ConfigError, load_study, study_from_dict
 
 
@@ -54,17 +54,9 @@ def test_bad_values_fail_naming_the_key(mutate, expected):
 
 
 def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):
-    import subprocess
-    import sys
-
-    import yaml
-
     raw = default_raw()
     raw["rl"]["algorithm"] = "ppo"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad), "--cores", "1"],
-                         capture_output=True, text=True)
+    out = snakemake_in(study_workdir(tmp_path, raw), "-n", "--cores", "1")
     assert out.returncode != 0
     assert "algorithm" in out.stderr + out.stdout
     assert "grpo" in out.stderr + out.stdout

@@ -39,8 +39,8 @@ import pytest
 from layerbench import containers
 from layerbench.containers import (build_image, default_base_image, docker_prefix, image_tag, lock_overrides,
                                    lock_pins, plan)
+from conftest import ROOT, snakemake_in, study_workdir
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "containers" / "Dockerfile"
 LOCK = ROOT / "environment.lock"
 GPU_LOCK = ROOT / "containers" / "gpu.lock"
@@ -178,24 +178,12 @@ def test_docker_prefix_and_job_commands():
 # --- the DAG: dry runs ----------------------------------------------------
 
 
-def study_dir(dest: Path) -> Path:
-    """A study folder outside the repository (the repo's Snakefile runs there
-    with --directory) with the files the DAG reads linked in."""
-    dest.mkdir(parents=True)
-    for name in ("config", "benchmarks", "containers", "environment.lock"):
-        (dest / name).symlink_to(ROOT / name)
-    return dest
-
-
 def dry_run(workdir: Path, runtime: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import yaml
 
     study = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     study |= {"study": f"dry-{runtime}", "runtime": runtime, "seeds": [1], "arms": ["base", "full"]}
-    (workdir / "study.yaml").write_text(yaml.safe_dump(study))
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                           str(workdir), "-n", "-p", "--cores", "1", "--configfile", str(workdir / "study.yaml"),
-                           *extra], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return snakemake_in(study_workdir(workdir, study), "-n", "-p", "--cores", "1", *extra, env=env, timeout=300)
 
 
 def require_wiring() -> None:
@@ -206,7 +194,7 @@ def require_wiring() -> None:
 
 def test_docker_runtime_dry_run_puts_image_first(tmp_path):
     require_wiring()
-    work = study_dir(tmp_path / "study")
+    work = tmp_path / "study"
     out = dry_run(work, "docker")
     assert out.returncode == 0, out.stdout + out.stderr
     tag = plan("docker", work, environ={}).tag
@@ -218,7 +206,7 @@ def test_apptainer_runtime_dry_run_with_profile(tmp_path):
     """UNVERIFIED beyond a dry run: no apptainer here. Snakemake checks for an
     apptainer binary even in a dry run, so a stand-in answers --version."""
     require_wiring()
-    work = study_dir(tmp_path / "study")
+    work = tmp_path / "study"
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     fake = fake_bin / "apptainer"

@@ -24,12 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, job_stats
+from conftest import OFFLINE, ROOT, job_stats, snakemake_in, study_workdir
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
 QWEN3 = [p for p in PAPER if p.name.startswith("qwen3-")]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def _study(name: str):
@@ -179,11 +178,10 @@ def test_default_grpo_config_is_unchanged(tmp_path):
 
 # --- the DAG -------------------------------------------------------------------
 
-def _dry_run(configfile: Path | None) -> str:
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "8"]
-    if configfile:
-        cmd += ["--configfile", str(configfile)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300)
+def _dry_run(workdir: Path, configfile: Path | None, *targets: str) -> str:
+    """Plan a study (None: the default study) in an empty study folder."""
+    out = snakemake_in(study_workdir(workdir), *targets, "-n", "-p", "--cores", "8", configfile=configfile,
+                       env=OFFLINE, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -193,10 +191,9 @@ def _jobs(text: str, rule: str) -> list[str]:
 
 
 @pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
-def test_dry_run_plans_the_complete_dag_with_gpu_resources(path):
+def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
     study = load_study(path)
-    before = (ROOT / "results" / study.name / "base_model").exists()
-    text = _dry_run(path)
+    text = _dry_run(tmp_path, path)
     seeds, layers = len(study.seeds), study.num_layers
     stats = job_stats(text)
     assert stats["train_arm"] == (layers + 1) * seeds  # full + every layer, per seed
@@ -215,21 +212,18 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path):
     for rule in ("prepare_model", "prepare_data", "make_data", "collect"):
         assert all("gpu=" not in job for job in _jobs(text, rule))
     # nothing was downloaded or built by planning
-    assert (ROOT / "results" / study.name / "base_model").exists() == before
+    assert not (tmp_path / "results" / study.name / "base_model").exists()
     # the study Snakemake resolved (its --configfile deep-merged over config/default.yaml) is the file's
-    resolved = load_study(ROOT / "results" / study.name / "study.yaml")
+    resolved = load_study(tmp_path / "results" / study.name / "study.yaml")
     assert resolved.raw == study.raw
     assert all(resolved.rl_for(a) == study.rl_for(a) for a in study.trained_arms)
 
 
-def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not():
+def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not(tmp_path):
     path = ROOT / "config" / "paper" / "qwen3-1.7b-grpo-scripts.yaml"
-    out = subprocess.run([sys.executable, "-m", "snakemake", "results/qwen3-1.7b-grpo-scripts/runs/layer-10/seed1",
-                          "-n", "-p", "--cores", "8", "--configfile", str(path)],
-                         cwd=ROOT, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "-m layerbench.gpuslots --gpus 1 -- " in out.stdout
-    default = _dry_run(None)
+    gpu = _dry_run(tmp_path / "gpu", path, "results/qwen3-1.7b-grpo-scripts/runs/layer-10/seed1")
+    assert "-m layerbench.gpuslots --gpus 1 -- " in gpu
+    default = _dry_run(tmp_path / "default", None)
     assert "gpuslots" not in default and not re.search(r"resources: .*\bgpu=", default)
     assert "build_base_model" in job_stats(default) and "prepare_model" not in job_stats(default)
 

@@ -1,38 +1,19 @@
 """The whole DAG, through Snakemake itself, on a scaled-down default study."""
 
 import copy
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, job_stats, small_study_raw
+from conftest import job_stats, small_study_raw, snakemake_in, study_workdir
 from layerbench.io import read_csv
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
-
-def make_workdir(path: Path, raw: dict) -> Path:
-    """A study folder outside the repo: the repo's Snakefile runs there
-    (``--directory``), with the lm-eval task folder linked in."""
-    path.mkdir(parents=True)
-    (path / "benchmarks").symlink_to(ROOT / "benchmarks")
-    (path / "config").symlink_to(ROOT / "config")
-    (path / "study.yaml").write_text(yaml.safe_dump(raw))
-    return path
-
-
-def run_study(workdir: Path, cores: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile",
-         str(workdir / "study.yaml"), "--cores", str(cores), *extra],
-        capture_output=True, text=True, env=env, timeout=1800,
-    )
+def run_study(workdir: Path, cores: int, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return snakemake_in(workdir, "--cores", str(cores), *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +22,7 @@ def study_runs(tmp_path_factory):
     raw["tracking"]["experiment"] = "layerbench-e2e"
     runs = {}
     for cores in (2, 1):
-        work = make_workdir(tmp_path_factory.mktemp(f"cores{cores}") / "w", raw)
+        work = study_workdir(tmp_path_factory.mktemp(f"cores{cores}") / "w", raw)
         result = run_study(work, cores)
         assert result.returncode == 0, result.stderr[-4000:]
         runs[cores] = work
@@ -125,8 +106,8 @@ def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_ru
     (work / "study.yaml").write_text(yaml.safe_dump(raw))
 
 
-def test_lint_is_clean():
-    lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)
+def test_lint_is_clean(tmp_path):
+    lint = snakemake_in(study_workdir(tmp_path), "--lint", configfile=None)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "Lints for" not in lint.stdout + lint.stderr
 

@@ -2,7 +2,8 @@
 
 User commands: ``contribution`` (C(k) from any scores table), ``audit``
 (truncation in any lm-eval samples file), ``compare`` (two studies side by
-side), ``check-limits`` (a study config's token limits, offline),
+side), ``check-limits`` (a study config's token limits, offline), ``readme-table``
+(the README's results block from a run),
 ``--version``.
 Stage commands (called by workflow/rules/*.smk with ``--study
 results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
@@ -65,7 +66,7 @@ def cmd_export_benchmark(args) -> None:
 def cmd_build_model(args) -> None:
     from layerbench.tinymodel import build_base_model
 
-    summary = build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec, threads=args.threads)
+    summary = build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec)
     print(summary)
 
 
@@ -178,6 +179,13 @@ def cmd_compare(args) -> int:
     return compare_command(Path(args.study_a), Path(args.study_b), Path(args.o) if args.o else None, args.force)
 
 
+def cmd_readme_table(args) -> int:
+    from layerbench.published import readme_table_command
+
+    return readme_table_command(Path(args.results), Path(args.check) if args.check else None,
+                                Path(args.write) if args.write else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"layerbench {__version__}")
@@ -200,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="study config, e.g. config/paper/qwen3-1.7b-grpo-scripts.yaml")
     p.add_argument("--out", help="also keep preflight.json/.md in this folder")
     p.set_defaults(func=cmd_check_limits)
+
+    p = sub.add_parser("readme-table", help="the README's results block from a study's tables (print, --check, --write)")
+    p.add_argument("results", help="results/<study>/ folder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", metavar="README", help="exit 1 when README's results block differs")
+    mode.add_argument("--write", metavar="README", help="replace README's results block")
+    p.set_defaults(func=cmd_readme_table)
 
     p = sub.add_parser("compare", help="one report page for two studies side by side")
     p.add_argument("study_a", help="results/<study>/ folder")
@@ -227,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="jsonl to write, e.g. results/benchmarks/amc.jsonl")
     p.set_defaults(func=cmd_export_benchmark)
     stage("build-model", cmd_build_model, "stage: train the tiny base model",
-          ("--sft", {"required": True}), ("--out", {"required": True}), ("--threads", {"type": int, "default": 1}))
+          ("--sft", {"required": True}), ("--out", {"required": True}))
     stage("train", cmd_train, "stage: RL for one (arm, seed)",
           ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
           ("--base", {"required": True}), ("--train", {"required": True}), ("--out", {"required": True}))
@@ -255,11 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "study", None):  # stage commands: the study's CPU numerics, before torch loads
+        from layerbench.numerics import configure_for_study_file
+
+        configure_for_study_file(args.study)
+
     from layerbench.config import ConfigError
     from layerbench.integrity import IntegrityError
     from layerbench.preflight import PreflightError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except ConfigError as exc:

@@ -76,6 +76,18 @@ def container() -> dict:
             "image_digest": os.environ.get("LAYERBENCH_IMAGE_DIGEST")}
 
 
+def numerics(paths: StudyPaths) -> dict:
+    """The study's numerics mode, what the math libraries use under it on this
+    CPU, and every stage's intra-op thread count (study settings)."""
+    from layerbench.numerics import describe
+
+    study = paths.study
+    threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
+    if study.model["source"] == "build":
+        threads["build_base_model"] = study.model_spec.threads
+    return describe(study.numerics) | {"threads": threads}
+
+
 def provenance(paths: StudyPaths) -> dict:
     study = paths.study
     status = _git("status", "--porcelain", "--untracked-files=no")
@@ -87,6 +99,7 @@ def provenance(paths: StudyPaths) -> dict:
         "versions": {name: _version(name) for name in PACKAGES} | {"layerbench": _version("layerbench")},
         **hardware(),
         "container": container(),
+        "numerics": numerics(paths),
         "config_sha256": study.config_hash,
         "seeds": list(study.seeds),
         "study": study.name,

@@ -555,7 +555,7 @@ def provenance_view(record: dict) -> dict:
     config = record.get("config")
     return {"facts": facts, "versions": versions,
             "config": yaml.safe_dump(config, sort_keys=True, default_flow_style=False) if config else None,
-            "dirty": bool(record.get("git_dirty"))}
+            "dirty": bool(record.get("git_dirty")), "numerics": (record.get("numerics") or {}).get("mode")}
 
 
 def compute_view(timings: list[dict] | None, wall: dict | None) -> dict | None:

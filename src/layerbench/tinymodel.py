@@ -43,6 +43,7 @@ class TinyModelSpec:
     sft_lr: float = 3e-3
     sft_warmup: int = 30
     seed: int = 0
+    threads: int = 2  # intra-op threads; under numerics: portable the weights do not depend on it
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -108,11 +109,11 @@ def _batches(sequences: list[list[int]], loss_from: list[int], spec: TinyModelSp
             yield ids, labels
 
 
-def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec, threads: int = 1) -> dict:
+def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict:
     """Train tokenizer and model on the SFT demonstrations; write ``out_dir``
     atomically and return a summary (also saved as ``build_summary.json``)."""
     seed_everything(spec.seed)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(spec.threads)
     records = read_jsonl(sft_path)
     tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in records], spec.vocab_size)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)

@@ -198,7 +198,7 @@ class StudyPaths:
         limits = raw["limits"]
         fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
               "model": raw["model"], "data": raw.get("data"),
-              "max_model_len": limits["max_prompt_tokens"]}  # vLLM's: prompt cap + completion cap
+              "max_model_len": limits["max_prompt_tokens"], "numerics": raw.get("numerics")}  # vLLM's: prompt cap + completion cap
         return _digest(fp)
 
     def train_preflight_fingerprint(self) -> str:

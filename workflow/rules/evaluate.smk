@@ -15,7 +15,7 @@ rule evaluate:
     params:
         lb=LB_JOB,
         study=S.study_file,
-        fingerprint=S.fingerprint("eval", "limits"),
+        fingerprint=S.fingerprint("eval", "limits", "numerics"),
         **S.gpu_params(),
     threads: S.rule_threads("evaluate", S.study.eval.threads)
     resources:

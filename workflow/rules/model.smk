@@ -10,15 +10,14 @@ if S.study.model["source"] == "build":
         params:
             lb=LB_JOB,
             study=S.study_file,
-            fingerprint=S.fingerprint("model", "data"),
-        threads: 2
+            fingerprint=S.fingerprint("model", "data", "numerics"),
+        threads: S.study.model_spec.threads
         benchmark:
             S.benchmarks / "build_base_model.tsv"
         log:
             S.logs / "build_base_model.log",
         shell:
-            "{params.lb} build-model --study {params.study} --sft {input.sft} --out {output} "
-            "--threads {threads} > {log} 2>&1"
+            "{params.lb} build-model --study {params.study} --sft {input.sft} --out {output} > {log} 2>&1"
 
 elif S.study.model["source"] == "hub":
 
