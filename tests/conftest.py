@@ -63,15 +63,19 @@ def study_workdir(path: Path, raw: dict | None = None) -> Path:
 
 
 def snakemake_in(workdir: Path, *args: str, configfile: Path | str | None = "study.yaml", env: dict | None = None,
-                 timeout: int = 1800) -> subprocess.CompletedProcess:
+                 timeout: int = 1800, wait: bool = True):
     """Run the repository's Snakefile in ``workdir`` (``--configfile`` relative
     to it; None: the default study). MLFLOW_TRACKING_URI is dropped so each
-    study uses its own folder's store."""
+    study uses its own folder's store. ``wait=False`` returns the running
+    ``Popen`` (output piped) instead of the finished process."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     config = ["--configfile", str(workdir / configfile)] if configfile else []
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                           str(workdir), *config, *args],
-                          cwd=workdir, capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout)
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               *config, *args]
+    options = dict(cwd=workdir, text=True, env={**base, **(env or {})})
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
+    return subprocess.run(command, capture_output=True, timeout=timeout, **options)
 
 
 def default_raw() -> dict:
@@ -104,6 +108,50 @@ def job_stats(text: str) -> dict[str, int]:
             break
         stats[parts[0]] = int(parts[1])
     return stats
+
+
+# Kernels capped to what an AVX2-only x86-64 machine has: stands in for a second machine.
+AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+
+
+def with_threads(raw: dict, threads: int) -> dict:
+    """``raw`` with every stage's intra-op thread count set to ``threads``."""
+    raw = copy.deepcopy(raw)
+    raw["model"]["build"]["threads"] = raw["rl"]["threads"] = raw["eval"]["threads"] = threads
+    return raw
+
+
+def weight_hashes(results: Path) -> dict[str, str]:
+    """{model file: sha256} of the base model and every checkpoint of a study."""
+    import hashlib
+
+    files = [*results.glob("base_model/*.safetensors"), *results.glob("runs/*/seed*/checkpoint/*.safetensors")]
+    return {str(f.relative_to(results)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)}
+
+
+ONE_ARM = "results/e2e/eval/layer-1/seed1"  # the corners run the base model and one arm only
+
+
+@pytest.fixture(scope="session")
+def study_runs(tmp_path_factory):
+    """One small study (every arm, one seed) run through Snakemake on settings
+    that portable numerics must not depend on, all at once (nor on the load):
+    "wide": --cores 2, 2 threads per job, this CPU's own kernels; "narrow":
+    --cores 1, 1 thread per job, the AVX2_MACHINE caps; and for the base model
+    and one arm the other two corners, "capped-2-threads" and "native-1-thread".
+    Shared by every DAG test."""
+    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
+    raw["tracking"]["experiment"] = "layerbench-e2e"
+    plans = {"wide": (2, {}, ()), "narrow": (1, AVX2_MACHINE, ()),
+             "capped-2-threads": (2, AVX2_MACHINE, (ONE_ARM,)), "native-1-thread": (1, {}, (ONE_ARM,))}
+    started = {}
+    for name, (threads, env, targets) in plans.items():
+        work = study_workdir(tmp_path_factory.mktemp(name) / "w", with_threads(raw, threads))
+        started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
+    for name, (work, proc) in started.items():
+        out, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, f"{name}: {out[-4000:]}"
+    return raw, {name: work for name, (work, _) in started.items()}
 
 
 @pytest.fixture(scope="session")

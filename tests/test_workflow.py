@@ -1,14 +1,14 @@
 """The whole DAG, through Snakemake itself, on a scaled-down default study."""
 
 import copy
+import json
 import re
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from conftest import job_stats, small_study_raw, snakemake_in, study_workdir
+from conftest import job_stats, snakemake_in, study_workdir, weight_hashes
 from layerbench.io import read_csv
 
 
@@ -16,22 +16,9 @@ def run_study(workdir: Path, cores: int, *extra: str, env: dict | None = None) -
     return snakemake_in(workdir, "--cores", str(cores), *extra, env=env)
 
 
-@pytest.fixture(scope="module")
-def study_runs(tmp_path_factory):
-    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
-    raw["tracking"]["experiment"] = "layerbench-e2e"
-    runs = {}
-    for cores in (2, 1):
-        work = study_workdir(tmp_path_factory.mktemp(f"cores{cores}") / "w", raw)
-        result = run_study(work, cores)
-        assert result.returncode == 0, result.stderr[-4000:]
-        runs[cores] = work
-    return raw, runs
-
-
 def test_tables_hold_every_arm_seed_and_budget(study_runs):
     raw, runs = study_runs
-    results = runs[2] / "results" / "e2e"
+    results = runs["wide"] / "results" / "e2e"
     arms = {"base", "full", "layer:0", "layer:1"}
     scores = read_csv(results / "scores.csv")
     assert {r["arm"] for r in scores} == arms
@@ -45,22 +32,23 @@ def test_tables_hold_every_arm_seed_and_budget(study_runs):
         assert (r["C"] != "" and r["ci_low"] != "") or r["reason"]
     training = read_csv(results / "training_metrics.csv")
     assert {r["arm"] for r in training} == arms - {"base"}
-    assert (runs[2] / "reports" / "e2e" / "index.html").stat().st_size > 1000
+    assert (runs["wide"] / "reports" / "e2e" / "index.html").stat().st_size > 1000
     timings = read_csv(results / "timings.csv")
     assert {"build_base_model", "runs/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
     wall = yaml.safe_load((results / "wall_time.json").read_text())
     assert wall["wall_seconds"] > 0
     # the report is rendered before the run ends: its wall time runs up to the report
-    page = (runs[2] / "reports" / "e2e" / "index.html").read_text()
+    page = (runs["wide"] / "reports" / "e2e" / "index.html").read_text()
     shown = re.search(r"latest Snakemake run: <strong>(\d+) s</strong>\s+up to this report", page)
     assert shown and 0 < int(shown.group(1)) <= wall["wall_seconds"] + 1, shown
+    assert "Numerics <code>portable</code>" in page
 
 
 def test_mlflow_store_holds_parent_and_child_runs(study_runs):
     import mlflow
 
     _, runs = study_runs
-    mlflow.set_tracking_uri(f"sqlite:///{runs[2] / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{runs['wide'] / 'mlflow.db'}")
     found = mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list")
     parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
@@ -76,16 +64,23 @@ def test_mlflow_store_holds_parent_and_child_runs(study_runs):
         assert any(a.path.endswith("per_sample.csv") for a in arts)
 
 
-def test_cores_do_not_change_scores(study_runs):
+def test_cores_threads_and_instruction_set_do_not_change_a_bit(study_runs):
+    """numerics: portable. The "narrow" run stands in for another machine: an
+    AVX2-only CPU (kernels capped), one core, one thread per job."""
     _, runs = study_runs
-    a = (runs[2] / "results" / "e2e" / "scores.csv").read_text()
-    b = (runs[1] / "results" / "e2e" / "scores.csv").read_text()
-    assert a == b
+    wide, narrow = (runs[k] / "results" / "e2e" for k in ("wide", "narrow"))
+    assert (wide / "scores.csv").read_bytes() == (narrow / "scores.csv").read_bytes()
+    assert weight_hashes(wide) == weight_hashes(narrow)
+    assert len(weight_hashes(wide)) == 4  # base model + 3 trained arms
+    for name in ("contributions.csv", "decomposition.csv", "pairing.csv", "param_audit.csv"):
+        assert (wide / name).read_bytes() == (narrow / name).read_bytes(), name
+    assert [json.loads((r / "provenance.json").read_text())["numerics"]["threads"]["train"] for r in (wide, narrow)] == [[2], [1]]
 
 
 def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_runs):
     raw, runs = study_runs
-    work = runs[1]
+    work = runs["narrow"]
+    raw = yaml.safe_load((work / "study.yaml").read_text())
     dry = run_study(work, 1, "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
     changed = dict(raw, limits={**raw["limits"], "eval_budgets": [40, 64]})
@@ -130,7 +125,7 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
     import mlflow
 
     _, runs = study_runs
-    prov = json.loads((runs[2] / "results" / "e2e" / "provenance.json").read_text())
+    prov = json.loads((runs["wide"] / "results" / "e2e" / "provenance.json").read_text())
     for key in PROVENANCE_FIELDS:
         assert key in prov, key
     for name in VERSIONS:
@@ -140,7 +135,11 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
     assert set(prov["container"]) == {"image", "image_id", "image_digest"}
     assert prov["config"]["study"] == "e2e" and len(prov["config_sha256"]) == 64
     assert len(prov["git_commit"]) == 40 and len(prov["environment_lock_sha256"]) == 64
-    mlflow.set_tracking_uri(f"sqlite:///{runs[2] / 'mlflow.db'}")
+    numerics = prov["numerics"]
+    assert numerics["mode"] == "portable" and numerics["cpu_capability"] == "AVX2"
+    assert numerics["mkl_cbwr"] == "AVX2,STRICT" and numerics["dnnl_max_cpu_isa"] == "AVX2"
+    assert numerics["threads"] == {"build_base_model": 2, "train": [2], "evaluate": 2}
+    mlflow.set_tracking_uri(f"sqlite:///{runs['wide'] / 'mlflow.db'}")
     for run in mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list"):
         tags = run.data.tags
         for key in PROVENANCE_FIELDS:
@@ -149,11 +148,12 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
             assert f"layerbench.versions.{name}" in tags, name
         assert tags["layerbench.gpu_model"] == "null" and tags["layerbench.container.image_id"] == "null"
         assert tags["layerbench.git_commit"] == prov["git_commit"]
+        assert tags["layerbench.numerics.mode"] == "portable"
 
 
 def test_pairing_and_audit_tables(study_runs):
     _, runs = study_runs
-    results = runs[2] / "results" / "e2e"
+    results = runs["wide"] / "results" / "e2e"
     pairing = read_csv(results / "pairing.csv")
     assert {r["arm"] for r in pairing} == {"full", "layer:0", "layer:1"}
     assert len({r["step0_rollout_sha256"] for r in pairing}) == 1  # one seed: one hash for all arms
@@ -168,7 +168,7 @@ def test_repro_target_matches_bitwise_on_cpu(study_runs, tmp_path):
     import json
 
     _, runs = study_runs
-    work = _copy_workdir(runs[2], tmp_path / "w")
+    work = _copy_workdir(runs["wide"], tmp_path / "w")
     result = run_study(work, 2, "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     repro = json.loads((work / "results" / "e2e" / "repro.json").read_text())
@@ -181,7 +181,7 @@ def test_a_perturbed_arm_stops_the_study(study_runs, tmp_path):
     """Sampling layer:1 at another temperature breaks the pairing: its first
     rollouts differ from the other arms' and the study must stop, naming it."""
     raw, runs = study_runs
-    work = _copy_workdir(runs[1], tmp_path / "w")
+    work = _copy_workdir(runs["narrow"], tmp_path / "w")
     perturbed = yaml.safe_load((work / "study.yaml").read_text())
     perturbed["rl"]["per_arm"]["layer:1"] = {"temperature": 0.7}
     (work / "study.yaml").write_text(yaml.safe_dump(perturbed))

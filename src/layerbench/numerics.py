@@ -57,10 +57,12 @@ def configure_for_study_file(path: str) -> None:
     configure(raw.get("numerics", DEFAULT) if isinstance(raw, dict) else DEFAULT)
 
 
-def describe(mode: str) -> dict:
-    """What this process's math libraries actually use, for provenance."""
+def describe() -> dict:
+    """What this process's math libraries actually use, for provenance and
+    each job's summary (the mode is read back from the environment)."""
     import torch
 
+    mode = "portable" if all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items()) else "native"
     return {
         "mode": mode,
         "portable_across": "x86-64 CPUs with AVX2, any thread count" if mode == "portable"

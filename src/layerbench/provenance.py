@@ -85,7 +85,7 @@ def numerics(paths: StudyPaths) -> dict:
     threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
     if study.model["source"] == "build":
         threads["build_base_model"] = study.model_spec.threads
-    return describe(study.numerics) | {"threads": threads}
+    return describe() | {"threads": threads}
 
 
 def provenance(paths: StudyPaths) -> dict:

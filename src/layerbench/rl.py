@@ -232,6 +232,8 @@ def train_arm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
+    from layerbench.numerics import describe
+
     seed_everything(seed)
     torch.set_num_threads(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
@@ -283,6 +285,7 @@ def train_arm(
             "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
+            "numerics": describe() | {"threads": torch.get_num_threads()},
         }
         atomic_write_json(tmp / "summary.json", summary)
     return summary

@@ -23,6 +23,7 @@ import torch
 
 from layerbench.data import read_jsonl
 from layerbench.io import atomic_directory, atomic_write_json
+from layerbench.numerics import describe
 from layerbench.seeding import seed_everything
 
 EOS = "<|endoftext|>"
@@ -162,6 +163,7 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
         "longest_sequence": longest,
         "final_loss": sum(losses[-20:]) / min(20, len(losses)),
         "sft_seconds": round(time.perf_counter() - started, 1),
+        "numerics": describe() | {"threads": torch.get_num_threads()},
     }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
