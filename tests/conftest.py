@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,13 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if _E2E in session.config.stash:  # runs a subset of tests never waited for are stopped
+        started = session.config.stash[_E2E]
+        for _, proc in started["runs"].values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its jobs
+                proc.wait()
+        shutil.rmtree(started["base"], ignore_errors=True)
     before, after = session.config.stash[_STATE], tree_state(ROOT)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
@@ -74,7 +84,8 @@ def snakemake_in(workdir: Path, *args: str, configfile: Path | str | None = "stu
                *config, *args]
     options = dict(cwd=workdir, text=True, env={**base, **(env or {})})
     if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                **options)
     return subprocess.run(command, capture_output=True, timeout=timeout, **options)
 
 
@@ -132,26 +143,48 @@ def weight_hashes(results: Path) -> dict[str, str]:
 ONE_ARM = "results/e2e/eval/layer-1/seed1"  # the corners run the base model and one arm only
 
 
+E2E_RUNS = {  # name: (threads per job and --cores, environment, targets)
+    "wide": (2, {}, ()),
+    "narrow": (1, AVX2_MACHINE, ()),
+    "capped-2-threads": (2, AVX2_MACHINE, (ONE_ARM,)),
+    "native-1-thread": (1, {}, (ONE_ARM,)),
+}
+_E2E = pytest.StashKey[dict]()
+
+
+def e2e_raw() -> dict:
+    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
+    raw["tracking"]["experiment"] = "layerbench-e2e"
+    return raw
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the DAG runs behind ``study_runs`` as soon as a collected test
+    needs them: they compute while the tests before them run (the container
+    build waits on the network and the disk most of the time)."""
+    if not any("study_runs" in getattr(item, "fixturenames", ()) for item in items):
+        return
+    base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
+    started = {}
+    for name, (threads, env, targets) in E2E_RUNS.items():
+        work = study_workdir(base / name, with_threads(e2e_raw(), threads))
+        started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
+    config.stash[_E2E] = {"base": base, "runs": started}
+
+
 @pytest.fixture(scope="session")
-def study_runs(tmp_path_factory):
+def study_runs(request):
     """One small study (every arm, one seed) run through Snakemake on settings
     that portable numerics must not depend on, all at once (nor on the load):
     "wide": --cores 2, 2 threads per job, this CPU's own kernels; "narrow":
     --cores 1, 1 thread per job, the AVX2_MACHINE caps; and for the base model
     and one arm the other two corners, "capped-2-threads" and "native-1-thread".
     Shared by every DAG test."""
-    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
-    raw["tracking"]["experiment"] = "layerbench-e2e"
-    plans = {"wide": (2, {}, ()), "narrow": (1, AVX2_MACHINE, ()),
-             "capped-2-threads": (2, AVX2_MACHINE, (ONE_ARM,)), "native-1-thread": (1, {}, (ONE_ARM,))}
-    started = {}
-    for name, (threads, env, targets) in plans.items():
-        work = study_workdir(tmp_path_factory.mktemp(name) / "w", with_threads(raw, threads))
-        started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
-    for name, (work, proc) in started.items():
+    started = request.config.stash[_E2E]
+    for name, (work, proc) in started["runs"].items():
         out, _ = proc.communicate(timeout=1800)
         assert proc.returncode == 0, f"{name}: {out[-4000:]}"
-    return raw, {name: work for name, (work, _) in started.items()}
+    return e2e_raw(), {name: work for name, (work, _) in started["runs"].items()}
 
 
 @pytest.fixture(scope="session")

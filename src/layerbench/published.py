@@ -18,7 +18,7 @@ import yaml
 
 from layerbench.io import read_csv
 
-BEGIN = "<!-- results: made by `layerbench readme-table results/default --write README.md`; do not edit -->"
+BEGIN = "<!-- results: made by `layerbench readme-table docs/default-study --write README.md`; do not edit -->"
 END = "<!-- /results -->"
 
 
