@@ -81,7 +81,7 @@ def snakemake_in(workdir: Path, *args: str, configfile: Path | str | None = "stu
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     config = ["--configfile", str(workdir / configfile)] if configfile else []
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               *config, *args]
+               *args, *config]  # --configfile last: it takes every word after it
     options = dict(cwd=workdir, text=True, env={**base, **(env or {})})
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
