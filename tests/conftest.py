@@ -1,5 +1,7 @@
-"""Shared fixtures. Everything runs for real on CPU: a tiny model is built
-and trained in-process (session-scoped, so once per test run).
+"""Shared fixtures. Everything runs for real on CPU: one small study runs
+through Snakemake in the background from the start of the session
+(``study_runs``, once per test run); its base model and data serve the
+in-process tests too (``small_base``).
 
 Hermetic: every Snakemake run goes through ``snakemake_in`` in a study folder
 under a temp directory, never the repository; the session fails when the
@@ -188,14 +190,10 @@ def study_runs(request):
 
 
 @pytest.fixture(scope="session")
-def small_base(tmp_path_factory):
-    """Data and a base model for the small study, built once."""
+def small_base(study_runs):
+    """Data and a base model for the small study: the ones the session's "wide"
+    DAG run built (same model and data settings; only the study name differs)."""
     from layerbench.config import study_from_dict
-    from layerbench.data import write_splits
-    from layerbench.tinymodel import build_base_model
 
-    study = study_from_dict(small_study_raw())
-    out = tmp_path_factory.mktemp("small_base")
-    paths = write_splits(study.task_spec, out / "data")
-    build_base_model(paths["sft"], out / "model", study.model_spec)
-    return {"study": study, "data": out / "data", "model": out / "model"}
+    results = study_runs[1]["wide"] / "results" / "e2e"
+    return {"study": study_from_dict(small_study_raw()), "data": results / "data", "model": results / "base_model"}
