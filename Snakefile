@@ -3,18 +3,18 @@
 # Every rule calls the layerbench package; no logic lives here.
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from layerbench.workflow import StudyPaths
 
 min_version("9.0")
 
 
-configfile: "config/default.yaml"
+if not workflow.overwrite_configfiles:  # a --configfile study stands alone, never merged over the default study
+    configfile: "config/default.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-S = StudyPaths.from_config(config)  # typed config + every path; raises naming the bad key
+S = StudyPaths.from_config(config)  # schema, defaults, cross-field checks; raises naming the bad key
 LB = f"{sys.executable} -m layerbench"
 
 

@@ -263,15 +263,12 @@ def test_preflight_accepts_the_paper_limits_offline_without_downloading(path, tm
     assert unchecked == {s.task for s in study.eval.suites}
 
 
-def test_preflight_rejects_8192_tokens_for_qwen25_math_context(tmp_path):
-    from layerbench.preflight import PreflightError, run_preflight
-
+def test_8192_tokens_for_qwen25_math_context_fail_at_load():
+    """Declared context known from the config: refused before the preflight, before any job."""
     raw = yaml.safe_load((ROOT / "config" / "paper" / "qwen2.5-math-1.5b-drgrpo.yaml").read_text())
     raw["limits"]["eval_budgets"] = [3072, 8192]
-    train = tmp_path / "train.jsonl"
-    train.write_text("")
-    with pytest.raises(PreflightError, match="8192 does not fit the model context 4096"):
-        run_preflight(study_from_dict(raw), None, train, tmp_path)
+    with pytest.raises(ConfigError, match="key 'limits.eval_budgets': budget 8192 does not fit the model context 4096"):
+        study_from_dict(raw)
 
 
 def test_check_limits_command_runs_offline():

@@ -52,15 +52,21 @@ def test_prompt_policies_count_what_they_did(small_base, tmp_path, policy):
     assert len(kept) == (total - over if policy == "filter" else total)
 
 
+def _declare_context(raw, context=1024):
+    """The config declares a larger context than the built model has, so the
+    load-time check passes and the preflight, which reads the model, must catch it."""
+    raw["model"]["build"]["max_positions"] = context
+
+
 def test_caps_over_model_context(small_base, tmp_path):
     with pytest.raises(PreflightError) as info:
-        _run(small_base, tmp_path, lambda r: r["limits"].update(max_completion_tokens=250))
+        _run(small_base, tmp_path, lambda r: (_declare_context(r), r["limits"].update(max_completion_tokens=250)))
     assert "max_completion_tokens=250" in str(info.value) and "context 256" in str(info.value)
 
 
 def test_eval_context_plus_budget_over_model_context(small_base, tmp_path):
     with pytest.raises(PreflightError) as info:
-        _run(small_base, tmp_path, lambda r: r["limits"].update(eval_budgets=[40, 250]))
+        _run(small_base, tmp_path, lambda r: (_declare_context(r), r["limits"].update(eval_budgets=[40, 250])))
     assert "left-truncate" in str(info.value) and "budget 250" in str(info.value)
 
 

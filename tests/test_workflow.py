@@ -2,8 +2,13 @@
 
 import copy
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -52,7 +57,7 @@ def test_mlflow_store_holds_parent_and_child_runs(study_runs):
     found = mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list")
     parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].data.tags["layerbench.complete"] == "true"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.params["arm"] for r in children) == ["base", "full", "layer:0", "layer:1"]
     for child in children:
@@ -189,3 +194,86 @@ def test_a_perturbed_arm_stops_the_study(study_runs, tmp_path):
     assert result.returncode != 0
     log = (work / "results" / "e2e" / "logs" / "check_arms.log").read_text()
     assert "seed 1: arms layer:1 started from different rollouts than full, layer:0" in log
+
+
+def _tracked_copy(src: Path, dst: Path, name: str) -> Path:
+    """A finished study folder without its MLflow store, under study name ``name``."""
+    work = _copy_workdir(src, dst)
+    for stale in ("mlflow.db", "mlruns", "results/e2e/mlflow.json"):
+        path = work / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if name != "e2e":
+        (work / "results" / "e2e").rename(work / "results" / name)
+        raw = yaml.safe_load((work / "results" / name / "study.yaml").read_text())
+        raw["study"] = name
+        raw["tracking"].pop("experiment", None)  # the default: layerbench-<study>
+        (work / "results" / name / "study.yaml").write_text(yaml.safe_dump(raw))
+    return work
+
+
+def _track(work: Path, name: str, env: dict, wait: bool = True):
+    cmd = [sys.executable, "-m", "layerbench", "track", "--study", f"results/{name}/study.yaml"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _runs_by_experiment(db: Path) -> dict[str, list]:
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    out = {}
+    for exp in client.search_experiments():
+        out[exp.name] = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+    return out
+
+
+def test_a_track_killed_half_way_is_retired_and_the_rerun_is_complete(study_runs, tmp_path):
+    import sqlite3
+
+    _, runs = study_runs
+    work = _tracked_copy(runs["wide"], tmp_path / "w", "e2e")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = _track(work, "e2e", env, wait=False)
+    db, deadline, children = work / "mlflow.db", time.monotonic() + 300, 0
+    while children < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            with sqlite3.connect(db, timeout=1) as con:
+                children = con.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]
+        except sqlite3.Error:
+            continue
+    assert proc.poll() is None, "track finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = _track(work, "e2e", env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    found = _runs_by_experiment(db)["layerbench-e2e"]
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    complete = [r for r in parents if r.data.tags.get("layerbench.complete") == "true"]
+    assert len(parents) == 2 and len(complete) == 1
+    [done], [dead] = complete, [r for r in parents if r not in complete]
+    kids = {p.info.run_id: [r for r in found if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+            for p in parents}
+    assert done.info.status == "FINISHED" and len(kids[done.info.run_id]) == 4
+    assert all(r.info.status == "FINISHED" and r.data.tags["layerbench.complete"] == "true"
+               for r in kids[done.info.run_id])
+    assert dead.info.status == "KILLED" and 2 <= len(kids[dead.info.run_id])
+    assert all(r.info.status == "KILLED" and "layerbench.complete" not in r.data.tags for r in kids[dead.info.run_id])
+
+
+def test_two_studies_tracked_at_once_get_their_own_complete_experiments(study_runs, tmp_path):
+    _, runs = study_runs
+    db = tmp_path / "shared.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    procs = [_track(_tracked_copy(runs["wide"], tmp_path / name, name), name, env, wait=False)
+             for name in ("alpha", "beta")]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    found = _runs_by_experiment(db)
+    for name in ("alpha", "beta"):
+        runs_ = found[f"layerbench-{name}"]
+        assert len(runs_) == 5 and all(r.data.tags.get("layerbench.complete") == "true" for r in runs_)
+        assert {r.data.tags.get("layerbench.study") for r in runs_ if "mlflow.parentRunId" not in r.data.tags} == {name}

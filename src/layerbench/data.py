@@ -43,6 +43,11 @@ class TaskSpec:
     sign_slip_share: float = 0.6
     seed: int = 1234
 
+    @property
+    def distinct_questions(self) -> int:
+        """How many different questions the task can ask (operands 1..max_operand, +/-)."""
+        return sum(self.max_operand ** (k + 1) * 2 ** k for k in range(self.min_ops, self.max_ops + 1))
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -110,8 +115,13 @@ def build_splits(spec: TaskSpec) -> dict[str, list[dict]]:
     rng = random.Random(spec.seed)
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {"train": [], "test": [], "sft": []}
+    attempts = 0
     for split, n in (("test", spec.n_test), ("train", spec.n_train)):
         while len(splits[split]) < n:
+            attempts += 1
+            if attempts > 50 * (spec.n_train + spec.n_test):  # bounded: a too small task would never finish
+                raise ValueError(f"data.synthetic: after {attempts - 1} draws only {len(seen)} distinct problems "
+                                 f"for the {spec.n_train + spec.n_test} asked; raise max_operand or max_ops")
             problem = sample_problem(rng, spec)
             if problem.question in seen:
                 continue

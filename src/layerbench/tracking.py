@@ -2,8 +2,10 @@
 invocation, one child run per (arm, seed).
 
 Training and evaluation jobs write plain files; this single stage logs them,
-so a killed job never leaves a half-logged run, and a re-run of the DAG logs
-a fresh parent. Writes use ``log_batch`` and are retried when SQLite reports
+and a re-run of the DAG logs a fresh parent. An invocation's runs count as a
+result only once all are logged: each then gets the ``layerbench.complete``
+tag, the parent last. A ``track`` killed half-way leaves runs without it; the
+next invocation marks them KILLED (``retire_unfinished``). Writes use ``log_batch`` and are retried when SQLite reports
 a lock, so several studies (or processes) can share the default store.
 
 Store: ``tracking.uri`` from the study, else ``MLFLOW_TRACKING_URI``, else
@@ -112,6 +114,25 @@ def finish_run(client, run_id: str, status: str = "FINISHED") -> None:
     retry(client.set_terminated, run_id, status)
 
 
+COMPLETE = "layerbench.complete"  # set last, on every run of an invocation, once all are logged
+
+
+def retire_unfinished(client, exp_id: str, study: str) -> list[str]:
+    """Mark every earlier invocation of ``study`` that never got its
+    completion tag KILLED, with all its child runs: a killed ``track`` leaves
+    a RUNNING parent and some children, which must not pass for a result."""
+    from mlflow.entities import ViewType
+
+    runs = retry(client.search_runs, [exp_id], run_view_type=ViewType.ALL, max_results=50000)
+    dead = {r.info.run_id for r in runs if r.data.tags.get("layerbench.study") == study
+            and "mlflow.parentRunId" not in r.data.tags and r.data.tags.get(COMPLETE) != "true"}
+    retired = [r.info.run_id for r in runs
+               if r.info.run_id in dead or r.data.tags.get("mlflow.parentRunId") in dead]
+    for run_id in retired:
+        finish_run(client, run_id, "KILLED")
+    return retired
+
+
 def _training_metrics(rows: list[dict]) -> list[tuple[str, float, int]]:
     out = []
     for row in rows:
@@ -133,6 +154,7 @@ def track_study(paths: StudyPaths) -> dict:
     study = paths.study
     client = client_for(tracking_uri(study.tracking.get("uri")))
     exp_id = experiment_id(client, study.tracking.get("experiment") or f"layerbench-{study.name}")
+    retire_unfinished(client, exp_id, study.name)
     prov = provenance(paths)
     tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()}
     parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
@@ -178,6 +200,8 @@ def track_study(paths: StudyPaths) -> dict:
             finish_run(client, run_id)
             children[run_name] = run_id
     finish_run(client, parent)
+    for run_id in [*children.values(), parent]:  # the parent last: complete only when all of it is
+        retry(client.set_tag, run_id, COMPLETE, "true")
     record = {"tracking_uri": client._tracking_client.tracking_uri, "experiment_id": exp_id,
               "parent_run_id": parent, "child_run_ids": children}
     atomic_write_json(paths.mlflow, record)
