@@ -89,7 +89,8 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     raw = small_study_raw(name)
     raw["seeds"] = list(seeds)
     raw["limits"]["eval_budgets"] = list(budgets)
-    raw["eval"]["suites"] = [{"task": task}]
+    raw["eval"]["suites"] = [{"task": task, "include_path": str(ROOT / "benchmarks" / "arith")} if task == TASK
+                             else {"task": task}]  # another task: one of lm-eval's own
     paths = StudyPaths.from_config(raw, root)
     study = paths.study
     tok = _tokenizer(paths.results / "base_model" / "tokenizer.json")
@@ -187,7 +188,7 @@ def studies(tmp_path_factory):
     out = {
         "alpha": make_study(base / "a", "alpha"),
         "beta": make_study(base / "b", "beta", budgets=(40, 64, 96)),
-        "gamma": make_study(base / "c", "gamma", task="other_task"),
+        "gamma": make_study(base / "c", "gamma", task="gsm8k"),
         "sparse": make_study(base / "d", "sparse", seeds=(1,), complete=False),
     }
     inject_hostile(out["alpha"])
@@ -350,7 +351,7 @@ def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert compare_command(alpha, gamma, refused, force=False) == 2
     err = capsys.readouterr().err
-    assert "not comparable" in err and TASK in err and "other_task" in err and "--force" in err
+    assert "not comparable" in err and TASK in err and "gsm8k" in err and "--force" in err
     assert not refused.exists()
 
     forced = tmp_path / "forced" / "index.html"

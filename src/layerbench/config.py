@@ -548,8 +548,10 @@ def load_study(path: Path | str, overrides: dict | None = None) -> Study:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"study config {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: file, line and column, and what is wrong
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if overrides:
         raw = deep_merge(raw, overrides)
     return study_from_dict(raw, source=str(path))
