@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # what a study run in the repository writes; tests must neither read nor write them
 RUN_OUTPUTS = ("results", "reports", "mlflow.db", "mlruns", ".snakemake")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_STATE = pytest.StashKey[dict]()  # tree_state of the repository when the session started
+_E2E = pytest.StashKey[dict]()  # the background DAG runs behind study_runs
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -56,9 +58,6 @@ def pytest_sessionfinish(session, exitstatus):
     if changed:
         print(f"\nNOT HERMETIC: the tests changed the repository's own study outputs: {changed[:20]}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-_STATE = pytest.StashKey[dict]()
 
 
 def study_workdir(path: Path, raw: dict | None = None) -> Path:
@@ -151,7 +150,6 @@ E2E_RUNS = {  # name: (threads per job and --cores, environment, targets)
     "capped-2-threads": (2, AVX2_MACHINE, (ONE_ARM,)),
     "native-1-thread": (1, {}, (ONE_ARM,)),
 }
-_E2E = pytest.StashKey[dict]()
 
 
 def e2e_raw() -> dict:

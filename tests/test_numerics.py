@@ -11,10 +11,14 @@ one arm, compared here."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from conftest import AVX2_MACHINE, weight_hashes
+from conftest import AVX2_MACHINE, small_study_raw, weight_hashes
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -35,13 +39,7 @@ def test_other_machine_and_thread_count_give_the_same_weights_and_scores(study_r
 def test_the_caps_change_native_kernels_so_the_simulation_is_real(small_base, tmp_path):
     """Control: under numerics: native the same build differs between this CPU
     and the capped one; otherwise the test above would prove nothing."""
-    import os
-    import subprocess
-    import sys
-
     import torch
-    import yaml
-    from conftest import small_study_raw
 
     if torch.backends.cpu.get_cpu_capability() == "AVX2":
         pytest.skip("this CPU has no kernels beyond AVX2: the caps simulate nothing here")

@@ -79,7 +79,8 @@ def test_cores_threads_and_instruction_set_do_not_change_a_bit(study_runs):
     assert len(weight_hashes(wide)) == 4  # base model + 3 trained arms
     for name in ("contributions.csv", "decomposition.csv", "pairing.csv", "param_audit.csv"):
         assert (wide / name).read_bytes() == (narrow / name).read_bytes(), name
-    assert [json.loads((r / "provenance.json").read_text())["numerics"]["threads"]["train"] for r in (wide, narrow)] == [[2], [1]]
+    threads = [json.loads((r / "provenance.json").read_text())["numerics"]["threads"] for r in (wide, narrow)]
+    assert [t["train"] for t in threads] == [[2], [1]]
 
 
 def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_runs):

@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also keep preflight.json/.md in this folder")
     p.set_defaults(func=cmd_check_limits)
 
-    p = sub.add_parser("readme-table", help="the README's results block from a study's tables (print, --check, --write)")
+    p = sub.add_parser("readme-table",
+                       help="the README's results block from a study's tables (print, --check, --write)")
     p.add_argument("results", help="results/<study>/ folder")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", metavar="README", help="exit 1 when README's results block differs")

@@ -22,7 +22,6 @@ from typing import Any
 import yaml
 
 from layerbench.data import TaskSpec
-from layerbench.numerics import DEFAULT as NUMERICS_DEFAULT
 from layerbench.tinymodel import TinyModelSpec
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -247,7 +246,6 @@ class Study:
     eval: EvalConfig
     tracking: dict
     runtime: str
-    numerics: str
     raw: dict = field(repr=False, default_factory=dict)
     resources: dict = field(default_factory=dict)
 
@@ -434,7 +432,6 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         eval=EvalConfig(**ev),
         tracking=raw.get("tracking", {}),
         runtime=raw.get("runtime", "none"),
-        numerics=raw.get("numerics", NUMERICS_DEFAULT),
         raw=raw,
         resources=raw.get("resources", {}),
     )

@@ -23,7 +23,7 @@ import os
 import sys
 
 MODES = ("portable", "native")
-DEFAULT = "portable"
+DEFAULT = "portable"  # the schema's default; the study.yaml rules pass always carries the key
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorised kernels
     "MKL_CBWR": "AVX2,STRICT",  # BLAS; STRICT also makes results independent of the thread count
@@ -48,18 +48,21 @@ def configure(mode: str) -> None:
 def configure_for_study_file(path: str) -> None:
     """``configure`` from a study file's ``numerics`` key, reading YAML only
     (the config module imports torch); a missing file is left to the loader."""
+    from pathlib import Path
+
     import yaml
 
     try:
-        raw = yaml.safe_load(open(path))
+        raw = yaml.safe_load(Path(path).read_text())
     except OSError:
         return
     configure(raw.get("numerics", DEFAULT) if isinstance(raw, dict) else DEFAULT)
 
 
 def describe() -> dict:
-    """What this process's math libraries actually use, for provenance and
-    each job's summary (the mode is read back from the environment)."""
+    """What this process's math libraries actually use, and its intra-op
+    threads, for provenance and each job's summary (the mode is read back
+    from the environment)."""
     import torch
 
     mode = "portable" if all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items()) else "native"
@@ -73,4 +76,5 @@ def describe() -> dict:
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
         "mkl": torch.backends.mkl.is_available(),
         "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "threads": torch.get_num_threads(),
     }

@@ -78,7 +78,8 @@ def container() -> dict:
 
 def numerics(paths: StudyPaths) -> dict:
     """The study's numerics mode, what the math libraries use under it on this
-    CPU, and every stage's intra-op thread count (study settings)."""
+    CPU, and every stage's intra-op thread count (study settings, in place of
+    this process's own)."""
     from layerbench.numerics import describe
 
     study = paths.study

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from statistics import fmean
 from pathlib import Path
 
 import yaml
@@ -20,10 +21,6 @@ from layerbench.io import read_csv
 
 BEGIN = "<!-- results: made by `layerbench readme-table docs/default-study --write README.md`; do not edit -->"
 END = "<!-- /results -->"
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def _arm_order(arm: str) -> tuple:
@@ -46,8 +43,8 @@ def results_block(results: Path) -> str:
     seeds = sorted({r["seed"] for r in scores})
     lines = [f"| arm | accuracy @{cap} (cap) | truncated @{cap} | accuracy @{top} |", "|---|---|---|---|"]
     for arm in sorted({r["arm"] for r in scores}, key=_arm_order):
-        lines.append(f"| {arm} | {_mean(cells[arm, cap, 'accuracy']):.3f} | "
-                     f"{100 * _mean(cells[arm, cap, 'truncated']):.0f}% | {_mean(cells[arm, top, 'accuracy']):.3f} |")
+        lines.append(f"| {arm} | {fmean(cells[arm, cap, 'accuracy']):.3f} | "
+                     f"{100 * fmean(cells[arm, cap, 'truncated']):.0f}% | {fmean(cells[arm, top, 'accuracy']):.3f} |")
     full = next(r for r in read_csv(results / "decomposition.csv") if r["arm"] == "full" and int(r["budget"]) == cap)
     lines += ["", f"Mean of {len(seeds)} seeds ({', '.join(seeds)}), {scores[0]['n']} test problems, task `{task}`. "
               f"Full RL's {float(full['gain']):+.3f} at the cap is {float(full['now_right_was_truncated']):g} problems "

@@ -285,7 +285,7 @@ def train_arm(
             "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
-            "numerics": describe() | {"threads": torch.get_num_threads()},
+            "numerics": describe(),
         }
         atomic_write_json(tmp / "summary.json", summary)
     return summary

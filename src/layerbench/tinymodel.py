@@ -163,7 +163,7 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
         "longest_sequence": longest,
         "final_loss": sum(losses[-20:]) / min(20, len(losses)),
         "sft_seconds": round(time.perf_counter() - started, 1),
-        "numerics": describe() | {"threads": torch.get_num_threads()},
+        "numerics": describe(),
     }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -5,8 +5,9 @@ Training and evaluation jobs write plain files; this single stage logs them,
 and a re-run of the DAG logs a fresh parent. An invocation's runs count as a
 result only once all are logged: each then gets the ``layerbench.complete``
 tag, the parent last. A ``track`` killed half-way leaves runs without it; the
-next invocation marks them KILLED (``retire_unfinished``). Writes use ``log_batch`` and are retried when SQLite reports
-a lock, so several studies (or processes) can share the default store.
+next invocation marks them KILLED (``retire_unfinished``). Writes use
+``log_batch`` and are retried when SQLite reports a lock, so several studies
+(or processes) can share the default store.
 
 Store: ``tracking.uri`` from the study, else ``MLFLOW_TRACKING_URI``, else
 MLflow's own default (``sqlite:///mlflow.db`` in the working directory).

@@ -197,8 +197,8 @@ class StudyPaths:
         raw = self.study.raw
         limits = raw["limits"]
         fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
-              "model": raw["model"], "data": raw.get("data"),
-              "max_model_len": limits["max_prompt_tokens"], "numerics": raw.get("numerics")}  # vLLM's: prompt cap + completion cap
+              "model": raw["model"], "data": raw.get("data"), "numerics": raw.get("numerics"),
+              "max_model_len": limits["max_prompt_tokens"]}  # vLLM's: prompt cap + completion cap
         return _digest(fp)
 
     def train_preflight_fingerprint(self) -> str:
