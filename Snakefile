@@ -5,7 +5,7 @@ import sys
 
 from snakemake.utils import min_version
 
-from layerbench.workflow import StudyPaths
+from layerbench.paths import StudyPaths
 
 min_version("9.0")
 

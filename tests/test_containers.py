@@ -1,4 +1,4 @@
-"""Pinned study images (issue 6): containers/, layerbench.containers,
+"""Pinned study images (issue 6): containers/, layerbench.runtime.containers,
 workflow/rules/container.smk and workflow/profiles/apptainer.
 
 * Static tests read the Dockerfile and the locks (and run hadolint).
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 
-from layerbench import containers
-from layerbench.containers import (build_image, default_base_image, docker_prefix, image_tag, lock_overrides,
+from layerbench.runtime import containers
+from layerbench.runtime.containers import (build_image, default_base_image, docker_prefix, image_tag, lock_overrides,
                                    lock_pins, plan)
 from conftest import ROOT, snakemake_in, study_workdir
 
@@ -81,7 +81,7 @@ def test_locks_installed_with_hashes_then_project_without_deps():
     assert len(project) == 1 and "--no-deps" in project[0], installs
     for cmd in installs:
         assert cmd in project or "--require-hashes" in cmd, f"every other pip install is hash-checked: {cmd}"
-    assert "layerbench.containers verify" in script, "the build checks the result against the locks"
+    assert "layerbench.runtime.containers verify" in script, "the build checks the result against the locks"
 
 
 def test_final_user_is_not_root():
@@ -382,7 +382,7 @@ def test_image_builds_and_matches_lock(docker_engine, tmp_path, monkeypatch):
         # The prefix study rules use: the working tree mounted, its provenance sees the image.
         work = tmp_path / "work"
         shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
-        probe = "python -c 'import json; from layerbench.provenance import container; print(json.dumps(container()))'"
+        probe = "python -c 'import json; from layerbench.runtime.provenance import container; print(json.dumps(container()))'"
         out = subprocess.run(["bash", "-c", f"{docker_prefix(image, gpus=None)} {probe}"], cwd=work,
                              capture_output=True, text=True, check=True)
         assert json.loads(out.stdout.strip().splitlines()[-1]) == {

@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 
 from layerbench.answers import ANSWER_REGEX, extract_answer, is_correct
-from layerbench.data import Problem, TaskSpec, build_splits, solution_text, write_splits
+from layerbench.stages.data import Problem, TaskSpec, build_splits, solution_text, write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 

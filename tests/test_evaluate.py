@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from layerbench.evaluate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, evaluate_model, trim_generation
-from layerbench.io import read_csv
+from layerbench.stages.evaluate import evaluate_model
+from layerbench.stages.evaluate.backends import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, trim_generation
+from layerbench.runtime.io import read_csv
 
 
 def _decode_chars(ids):

@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from layerbench.config import Arm
-from layerbench.integrity import IntegrityError, audit_parameters, check_audit, check_pairing
+from layerbench.stages.checks import IntegrityError, audit_parameters, check_audit, check_pairing
 
 
 def test_pairing_names_the_diverging_arm():

@@ -161,7 +161,7 @@ def test_default_study_keeps_its_meaning_and_fingerprints():
 def test_default_grpo_config_is_unchanged(tmp_path):
     from trl import GRPOConfig
 
-    from layerbench.rl import grpo_args
+    from layerbench.stages.train import grpo_args
 
     study = load_study(ROOT / "config" / "default.yaml")
     rl = study.rl_for(Arm("layer", (1,)))
@@ -224,7 +224,7 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
 def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not(tmp_path):
     path = ROOT / "config" / "paper" / "qwen3-1.7b-grpo-scripts.yaml"
     gpu = _dry_run(tmp_path / "gpu", path, "results/qwen3-1.7b-grpo-scripts/runs/layer-10/seed1")
-    assert "-m layerbench.gpuslots --gpus 1 -- " in gpu
+    assert "-m layerbench.runtime.gpuslots --gpus 1 -- " in gpu
     default = _dry_run(tmp_path / "default", None)
     assert "gpuslots" not in default and not re.search(r"resources: .*\bgpu=", default)
     assert "build_base_model" in job_stats(default) and "prepare_model" not in job_stats(default)
@@ -236,7 +236,7 @@ def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not(tmp_path):
 def test_preflight_accepts_the_paper_limits_offline_without_downloading(path, tmp_path, monkeypatch):
     import datasets
 
-    from layerbench.preflight import run_preflight
+    from layerbench.stages.preflight import run_preflight
 
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
@@ -297,7 +297,7 @@ def test_check_limits_command_runs_offline():
           max_completion_length=3000, vllm_max_model_length=1024 + 3000)),
 ])
 def test_grpo_config_for_the_paper_variants(name, arm, expected, tmp_path):
-    from layerbench.rl import grpo_args
+    from layerbench.stages.train import grpo_args
 
     study = _study(name)
     rl = study.rl_for(arm)
@@ -321,7 +321,7 @@ def test_grpo_config_for_the_paper_variants(name, arm, expected, tmp_path):
 
 
 def test_vllm_needs_the_prompt_cap_for_its_max_model_len(tmp_path):
-    from layerbench.rl import grpo_args
+    from layerbench.stages.train import grpo_args
 
     rl = _study("qwen3-1.7b-grpo-scripts.yaml").rl_for(Arm("full"))
     with pytest.raises(ValueError, match="max_model_len"):
@@ -335,7 +335,7 @@ def test_vllm_engine_seed_patch_matches_trl_and_adds_the_run_seed(monkeypatch):
 
     import trl.generation.vllm_generation as vg
 
-    from layerbench.rl import vllm_engine_seed
+    from layerbench.stages.train import vllm_engine_seed
 
     source = inspect.getsource(vg.VLLMGeneration)
     assert "self.llm = LLM(" in source
@@ -350,7 +350,7 @@ def test_vllm_engine_seed_patch_matches_trl_and_adds_the_run_seed(monkeypatch):
 
 
 def test_lm_eval_vllm_model_args():
-    from layerbench.evaluate import decoding_kwargs, vllm_model_args
+    from layerbench.stages.evaluate.backends import decoding_kwargs, vllm_model_args
 
     study = _study("qwen3-1.7b-grpo-scripts.yaml")
     args = vllm_model_args(Path("results/x/runs/full/seed1/checkpoint"), study.eval, 42, study.model["context_length"])
@@ -367,7 +367,7 @@ def test_lm_eval_vllm_model_args():
 def test_vllm_finish_reasons_map_to_one_truncation_definition():
     from types import SimpleNamespace
 
-    from layerbench.evaluate import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, generation_from_vllm, vllm_finish
+    from layerbench.stages.evaluate.backends import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, generation_from_vllm, vllm_finish
 
     assert vllm_finish("length", None) == FINISH_LENGTH
     assert vllm_finish("stop", None) == FINISH_EOS  # end-of-text token
@@ -381,7 +381,7 @@ def test_vllm_finish_reasons_map_to_one_truncation_definition():
 
 def test_recording_vllm_class_is_lazy():
     """CPU installs have no vLLM: importing layerbench's evaluation never imports it."""
-    code = ("import sys, layerbench.evaluate, layerbench.rl, layerbench.cli; "
+    code = ("import sys, layerbench.stages.evaluate, layerbench.stages.train, layerbench.cli; "
             "assert 'vllm' not in sys.modules and 'lm_eval.models.vllm_causallms' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -48,7 +48,7 @@ def _numina_like(n: int = 40):
 
 
 def test_draw_sample_is_seeded_and_keeps_source_indices(tmp_path):
-    from layerbench.hubdata import draw_sample
+    from layerbench.stages.download import draw_sample
 
     data = _numina_like()
     hub = {"id": "AI-MO/NuminaMath-CoT", "split": "train", "sample": 20, "test_size": 5, "seed": 42,
@@ -71,7 +71,8 @@ def test_draw_sample_is_seeded_and_keeps_source_indices(tmp_path):
 
 
 def test_hub_splits_use_the_prompt_suffix_and_drop_rows_without_answer(tmp_path):
-    from layerbench.hubdata import draw_sample, write_hub_splits
+    from layerbench.stages.data import write_hub_splits
+    from layerbench.stages.download import draw_sample
 
     hub = {"id": "x", "split": "train", "sample": 20, "test_size": 5, "seed": 42, "question_field": "problem",
            "answer_field": "solution", "answer_extract": "boxed",
@@ -90,7 +91,8 @@ def test_hub_splits_use_the_prompt_suffix_and_drop_rows_without_answer(tmp_path)
 def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):
     from datasets import Dataset
 
-    from layerbench.hubdata import draw_sample, write_hub_splits
+    from layerbench.stages.data import write_hub_splits
+    from layerbench.stages.download import draw_sample
 
     data = Dataset.from_list([{"problem": f"p{i}", "answer": str(i)} for i in range(12)])
     hub = {"id": "hiyouga/math12k", "split": "train", "seed": 42, "question_field": "problem",
@@ -103,7 +105,7 @@ def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):
 def test_download_model_pins_the_commit_and_checks_the_declared_shape(tmp_path):
     from types import SimpleNamespace
 
-    from layerbench.hubdata import download_model
+    from layerbench.stages.download import download_model
 
     seen = {}
 
@@ -131,7 +133,7 @@ def test_download_model_pins_the_commit_and_checks_the_declared_shape(tmp_path):
 def test_benchmark_exports_write_problem_answer_jsonl_with_provenance(tmp_path):
     from datasets import Dataset
 
-    from layerbench.benchmarks import export_benchmark
+    from layerbench.stages.download import export_benchmark
 
     amc = Dataset.from_list([{"id": 1, "problem": "AMC p", "answer": 142.0, "url": "u"}])
     info = export_benchmark("amc", tmp_path / "amc.jsonl", dataset=amc)
@@ -149,7 +151,7 @@ def test_benchmark_exports_write_problem_answer_jsonl_with_provenance(tmp_path):
 
 def test_math_reward_needs_an_anchored_final_answer():
     from layerbench.mathverify import is_correct_math, process_results
-    from layerbench.rl import RecordingReward, verifier
+    from layerbench.stages.train import RecordingReward, verifier
 
     assert is_correct_math("... so $x=\\frac12$, and \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}")
     assert is_correct_math("\\boxed{0.5}", "\\frac{1}{2}")
@@ -173,7 +175,7 @@ def test_math_reward_needs_an_anchored_final_answer():
 
 
 def test_gpu_claims_are_exclusive_and_released(tmp_path):
-    from layerbench.gpuslots import SlotError, claim
+    from layerbench.runtime.gpuslots import SlotError, claim
 
     pool = ["0", "1", "2"]
     a, fds_a = claim(1, pool, tmp_path)
@@ -194,7 +196,7 @@ def test_gpu_claims_are_exclusive_and_released(tmp_path):
 def test_gpu_wrapper_gives_concurrent_jobs_different_gpus(tmp_path):
     env = {**os.environ, "LAYERBENCH_GPUS": "4,5", "LAYERBENCH_GPU_LOCK_DIR": str(tmp_path)}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    job = [sys.executable, "-m", "layerbench.gpuslots", "--gpus", "1", "--",
+    job = [sys.executable, "-m", "layerbench.runtime.gpuslots", "--gpus", "1", "--",
            sys.executable, "-c", "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(2)"]
     first = subprocess.Popen(job, env=env, stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the first job holds its GPU while it runs
@@ -218,7 +220,7 @@ def _per_sample(out: Path) -> list[dict]:
 
 
 def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, tmp_path):
-    from layerbench.evaluate import evaluate_model
+    from layerbench.stages.evaluate import evaluate_model
 
     data = tmp_path / "amc.jsonl"
     data.write_text("".join(json.dumps({"id": i, "problem": f"Q: {i}+1=? A:", "answer": str(i + 1)}) + "\n"
@@ -244,7 +246,7 @@ def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, 
 def test_a_named_filter_is_scored_and_other_filters_do_not_trip_the_check(small_base, tmp_path):
     import yaml
 
-    from layerbench.evaluate import evaluate_model
+    from layerbench.stages.evaluate import evaluate_model
 
     cfg = yaml.safe_load((ROOT / "benchmarks" / "arith" / "arith.yaml").read_text())
     cfg["filter_list"].append({"name": "last-number", "filter": [
@@ -363,7 +365,7 @@ from dataclasses import replace
 from pathlib import Path
 exec(open(sys.argv[1]).read())
 from layerbench.config import load_study
-from layerbench.evaluate import evaluate_model
+from layerbench.stages.evaluate import evaluate_model
 
 study = load_study(sys.argv[2])
 out = Path(sys.argv[3])
@@ -385,7 +387,7 @@ from trl import GRPOTrainer
 import trl.generation.vllm_generation as vg
 exec(open(sys.argv[1]).read())  # after TRL's import: TRL reads vLLM's version from package metadata
 from layerbench.config import Arm, load_study
-from layerbench.rl import RecordingReward, grpo_args, verifier, vllm_engine_seed
+from layerbench.stages.train import RecordingReward, grpo_args, verifier, vllm_engine_seed
 
 vg.LLM, vg.SamplingParams, vg.is_vllm_available = LLM, SamplingParams, (lambda *a, **k: True)
 study = load_study(sys.argv[2])

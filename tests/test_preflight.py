@@ -7,7 +7,7 @@ import yaml
 
 from conftest import ROOT, small_study_raw
 from layerbench.config import study_from_dict
-from layerbench.preflight import PreflightError, run_preflight
+from layerbench.stages.preflight import PreflightError, run_preflight
 
 
 def _run(small_base, tmp_path, mutate=None, model_dir=None):

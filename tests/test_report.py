@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, small_study_raw
-from layerbench.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, read_csv
+from layerbench.runtime.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, read_csv
 
 ARTIFACTS = ROOT / "test-artifacts"
 TASK = "layerbench_arith"
@@ -80,11 +80,11 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     """Write results/<name>/ under ``root`` as a finished study would, and
     return its StudyPaths. ``complete=False`` leaves out every file that
     collect does not write (preflight, checks) and the decomposition."""
-    from layerbench.collect import collect
-    from layerbench.evaluate import summarise
-    from layerbench.integrity import AUDIT_COLUMNS, PAIRING_COLUMNS, pairing_rows
-    from layerbench.preflight import Report
-    from layerbench.workflow import StudyPaths
+    from layerbench.stages.collect import collect
+    from layerbench.stages.evaluate import summarise
+    from layerbench.stages.checks import AUDIT_COLUMNS, PAIRING_COLUMNS, pairing_rows
+    from layerbench.stages.preflight import Report
+    from layerbench.paths import StudyPaths
 
     raw = small_study_raw(name)
     raw["seeds"] = list(seeds)
@@ -182,7 +182,7 @@ def studies(tmp_path_factory):
     """Four studies, each under its own root: alpha (rendered, with hostile
     text), beta (same task, other budgets), gamma (another task), sparse
     (optional files missing)."""
-    from layerbench.report import render_study_report
+    from layerbench.stages.report import render_study_report
 
     base = tmp_path_factory.mktemp("report_studies")
     out = {
@@ -294,7 +294,7 @@ def test_report_is_self_contained_valid_html(studies):
 
 
 def test_headline_answers_in_one_sentence(studies):
-    from layerbench.report import headline
+    from layerbench.stages.report import headline
 
     html = studies["alpha"].report.read_text()
     sentence = re.search(r'<p class="verdict (\w+)">(.*?)</p>', html, re.S)
@@ -337,7 +337,7 @@ def test_truncated_answers_are_marked_where_the_budget_ran_out(studies):
 
 
 def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
-    from layerbench.report import compare_command
+    from layerbench.stages.report import compare_command
 
     alpha, beta, gamma = (studies[k].results for k in ("alpha", "beta", "gamma"))
     out = tmp_path / "compare" / "index.html"
@@ -388,7 +388,7 @@ def test_report_rows_come_from_the_tables(studies):
 
 
 def test_cut_marks_split_the_answer_at_each_budget():
-    from layerbench.report import _segments
+    from layerbench.stages.report import _segments
 
     text = "abcdefghij"
     ids = list(range(10))
@@ -412,7 +412,7 @@ def test_wall_time_is_the_latest_run_measured_up_to_now_until_it_ends(tmp_path):
     a stale file from the previous run must not be shown as this run's."""
     import time
 
-    from layerbench.timing import latest_wall_time, record
+    from layerbench.runtime.timing import latest_wall_time, record
 
     assert latest_wall_time(tmp_path) is None
     atomic_write_json(tmp_path / "wall_time.json", {"started": 1.0, "finished": 62.2, "wall_seconds": 61.2})

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from layerbench.config import Arm
-from layerbench.io import read_csv
-from layerbench.rl import RecordingReward, freeze_for_arm, train_arm, truncation_by_step
+from layerbench.runtime.io import read_csv
+from layerbench.stages.train import RecordingReward, freeze_for_arm, train_arm, truncation_by_step
 
 
 def test_freezing_leaves_exactly_the_arm_trainable(small_base):

@@ -14,7 +14,7 @@ BUDGET = 40
 def stock_samples(small_base, tmp_path_factory):
     """lm-eval's own hf backend, its own samples file: no layerbench code involved."""
     import lm_eval
-    from layerbench.evaluate import _task_specs, task_manager
+    from layerbench.lmeval import task_manager, task_specs
 
     study = small_base["study"]
     suite = replace(study.eval.suites[0], data_files=str(small_base["data"] / "test.jsonl"))
@@ -22,7 +22,7 @@ def stock_samples(small_base, tmp_path_factory):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={small_base['model']},device={device}",
-                                     tasks=_task_specs((suite,)), task_manager=task_manager((suite,)),
+                                     tasks=task_specs((suite,)), task_manager=task_manager((suite,)),
                                      log_samples=True,
                                      gen_kwargs={"max_gen_toks": BUDGET}, batch_size=40, bootstrap_iters=0)
     out = tmp_path_factory.mktemp("stock") / "samples_layerbench_arith.jsonl"
@@ -33,7 +33,7 @@ def stock_samples(small_base, tmp_path_factory):
 
 
 def test_audit_flags_exactly_the_answers_that_hit_the_budget(small_base, stock_samples, tmp_path):
-    from layerbench.evaluate import evaluate_model
+    from layerbench.stages.evaluate import evaluate_model
 
     study = small_base["study"]
     suite = replace(study.eval.suites[0], data_files=str(small_base["data"] / "test.jsonl"))

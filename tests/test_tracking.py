@@ -12,7 +12,7 @@ import pytest
 
 WRITER = r"""
 import sys
-from layerbench.tracking import client_for, experiment_id, finish_run, log_run, start_run
+from layerbench.stages.track import client_for, experiment_id, finish_run, log_run, start_run
 worker = int(sys.argv[1])
 client = client_for(None)  # MLflow's default store in the working directory
 exp = experiment_id(client, "concurrency")

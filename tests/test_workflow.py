@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from conftest import job_stats, snakemake_in, study_workdir, weight_hashes
-from layerbench.io import read_csv
+from layerbench.runtime.io import read_csv
 
 
 def run_study(workdir: Path, cores: int, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:

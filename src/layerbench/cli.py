@@ -22,7 +22,7 @@ from layerbench import __version__
 
 
 def _paths(args):
-    from layerbench.workflow import StudyPaths
+    from layerbench.paths import StudyPaths
 
     return StudyPaths.from_study_file(args.study)
 
@@ -30,41 +30,41 @@ def _paths(args):
 def cmd_data(args) -> None:
     paths = _paths(args)
     if paths.study.data_source == "hub":
-        from layerbench.hubdata import write_hub_splits
+        from layerbench.stages.data import write_hub_splits
 
         write_hub_splits(paths.study.data["hub"], paths.hub_sample, Path(args.out))
         return
-    from layerbench.data import write_splits
+    from layerbench.stages.data import write_splits
 
     write_splits(paths.study.task_spec, Path(args.out))
 
 
 def cmd_prepare_data(args) -> None:
-    from layerbench.hubdata import draw_sample
+    from layerbench.stages.download import draw_sample
 
     print(draw_sample(_paths(args).study.data["hub"], Path(args.out)))
 
 
 def cmd_prepare_model(args) -> None:
-    from layerbench.hubdata import download_model
+    from layerbench.stages.download import download_model
 
     print(download_model(_paths(args).study.model, Path(args.out)))
 
 
 def cmd_prepare_eval_tasks(args) -> None:
-    from layerbench.evaluate import cache_eval_tasks
+    from layerbench.stages.download import cache_eval_tasks
 
     print(cache_eval_tasks(_paths(args).study.eval.suites, Path(args.out)))
 
 
 def cmd_export_benchmark(args) -> None:
-    from layerbench.benchmarks import export_benchmark
+    from layerbench.stages.download import export_benchmark
 
     print(export_benchmark(args.name, Path(args.out)))
 
 
 def cmd_build_model(args) -> None:
-    from layerbench.tinymodel import build_base_model
+    from layerbench.stages.model import build_base_model
 
     summary = build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec)
     print(summary)
@@ -72,7 +72,7 @@ def cmd_build_model(args) -> None:
 
 def cmd_train(args) -> None:
     from layerbench.config import Arm
-    from layerbench.rl import train_arm
+    from layerbench.stages.train import train_arm
 
     study = _paths(args).study
     arm = Arm.parse(args.arm)
@@ -83,7 +83,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from layerbench.evaluate import evaluate_model
+    from layerbench.stages.evaluate import evaluate_model
 
     study = _paths(args).study
     model = Path(args.model)
@@ -94,7 +94,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_preflight(args) -> None:
-    from layerbench.preflight import eval_preflight, train_preflight
+    from layerbench.stages.preflight import eval_preflight, train_preflight
 
     paths = _paths(args)
     model = Path(args.model) if args.model else None
@@ -107,7 +107,7 @@ def cmd_preflight(args) -> None:
 
 
 def cmd_check_arms(args) -> None:
-    from layerbench.integrity import run_audits
+    from layerbench.stages.checks import run_audits
 
     paths = _paths(args)
     runs = {(a.name, s): paths.run_dir(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
@@ -116,43 +116,43 @@ def cmd_check_arms(args) -> None:
 
 def cmd_check_repro(args) -> None:
     from layerbench.config import Arm
-    from layerbench.integrity import write_repro
+    from layerbench.stages.checks import write_repro
 
     print(write_repro(Arm.parse(args.arm), args.seed, Path(args.original), Path(args.rerun), Path(args.out)))
 
 
 def cmd_collect(args) -> None:
-    from layerbench.collect import collect
+    from layerbench.stages.collect import collect
 
     collect(_paths(args))
 
 
 def cmd_track(args) -> None:
-    from layerbench.tracking import track_study
+    from layerbench.stages.track import track_study
 
     print(track_study(_paths(args)))
 
 
 def cmd_report(args) -> None:
-    from layerbench.report import render_study_report
+    from layerbench.stages.report import render_study_report
 
     render_study_report(_paths(args), Path(args.out))
 
 
 def cmd_timing(args) -> None:
-    from layerbench.timing import record
+    from layerbench.runtime.timing import record
 
     record(Path(args.results), args.event)
 
 
 def cmd_contribution(args) -> int:
-    from layerbench.scores_cli import contribution_command
+    from layerbench.commands.contribution import contribution_command
 
     return contribution_command(Path(args.scores), Path(args.csv) if args.csv else None)
 
 
 def cmd_audit(args) -> int:
-    from layerbench.sample_audit import audit_command
+    from layerbench.commands.audit import audit_command
 
     return audit_command(Path(args.samples), args.tokenizer, args.max_gen_toks, args.json)
 
@@ -163,7 +163,7 @@ def cmd_check_limits(args) -> int:
     import tempfile
 
     from layerbench.config import load_study
-    from layerbench.preflight import run_preflight
+    from layerbench.stages.preflight import run_preflight
 
     study = load_study(args.config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,13 +174,13 @@ def cmd_check_limits(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from layerbench.report import compare_command
+    from layerbench.stages.report import compare_command
 
     return compare_command(Path(args.study_a), Path(args.study_b), Path(args.o) if args.o else None, args.force)
 
 
 def cmd_readme_table(args) -> int:
-    from layerbench.published import readme_table_command
+    from layerbench.commands.readme_table import readme_table_command
 
     return readme_table_command(Path(args.results), Path(args.check) if args.check else None,
                                 Path(args.write) if args.write else None)
@@ -273,13 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "study", None):  # stage commands: the study's CPU numerics, before torch loads
-        from layerbench.numerics import configure_for_study_file
+        from layerbench.runtime.numerics import configure_for_study_file
 
         configure_for_study_file(args.study)
 
     from layerbench.config import ConfigError
-    from layerbench.integrity import IntegrityError
-    from layerbench.preflight import PreflightError
+    from layerbench.stages.checks import IntegrityError
+    from layerbench.stages.preflight import PreflightError
 
     try:
         return args.func(args) or 0

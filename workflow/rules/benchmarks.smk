@@ -2,12 +2,12 @@
 #
 # prepare_benchmark   results/benchmarks/<name>.jsonl for layerbench's own lm-eval tasks
 #                     (benchmarks/amc, benchmarks/olympiadbench), exported from the Hub;
-#                     shared by every study. Recipe: layerbench.benchmarks, benchmarks/README.md.
+#                     shared by every study. Recipe: layerbench.stages.download, benchmarks/README.md.
 # prepare_eval_tasks  builds every lm-eval Hub task of the study once (datasets land in the
 #                     HF cache) and records task names, dataset ids and document counts.
 # All need network: localrules, so on SLURM they run where Snakemake runs, as does the
 # preflight of a GPU study (it builds the same tasks to measure every eval context).
-from layerbench.benchmarks import EXPORTS as BENCHMARK_EXPORTS
+from layerbench.stages.download import EXPORTS as BENCHMARK_EXPORTS
 
 if S.benchmark_exports():
 

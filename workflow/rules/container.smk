@@ -1,6 +1,6 @@
 # Study images: where study jobs run, from the study's `runtime` key.
 # Include before the stage rules (the apptainer `container:` below applies to
-# rules defined after it). Logic lives in layerbench.containers.
+# rules defined after it). Logic lives in layerbench.runtime.containers.
 #
 #   runtime: none       LB_JOB is the host's Python; IMAGE is empty.
 #   runtime: docker     rule build_image builds layerbench:<tag> once (tag = hash
@@ -20,7 +20,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from layerbench import containers as lb_containers
+from layerbench.runtime import containers as lb_containers
 
 CONTAINER = lb_containers.plan(S.study.runtime, S.root, repo=workflow.basedir)
 LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} data --study ..."

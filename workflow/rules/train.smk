@@ -2,7 +2,7 @@ rule train_arm:
     """RL (TRL GRPOTrainer) for one (arm, seed): checkpoint, per-step metrics, rollouts.
     runs/ holds the study's runs; repro/ the from-scratch re-run of the repro target.
     GPU studies (resources.gpu): resources gpu/mem_mb/runtime, and one GPU slot per job
-    (layerbench.gpuslots sets CUDA_VISIBLE_DEVICES)."""
+    (layerbench.runtime.gpuslots sets CUDA_VISIBLE_DEVICES)."""
     input:
         image=IMAGE,
         model=S.base_model,

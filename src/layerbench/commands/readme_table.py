@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from layerbench.io import read_csv
+from layerbench.runtime.io import read_csv
 
 BEGIN = "<!-- results: made by `layerbench readme-table docs/default-study --write README.md`; do not edit -->"
 END = "<!-- /results -->"

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import yaml
 
-from layerbench.collect import arm_sort_key
+from layerbench.stages.collect import arm_sort_key
 from layerbench.config import Arm, ConfigError, Study
-from layerbench.data import read_jsonl
-from layerbench.io import atomic_write_text, read_csv
-from layerbench.timing import latest_wall_time
-from layerbench.workflow import StudyPaths
+from layerbench.stages.data import read_jsonl
+from layerbench.runtime.io import atomic_write_text, read_csv
+from layerbench.runtime.timing import latest_wall_time
+from layerbench.paths import StudyPaths
 
 TRAINING_METRICS = (
     ("reward", "reward (mean)"),
@@ -456,7 +456,7 @@ def decomposition_table(rows: list[dict]) -> list[dict]:
 def pairing_summary(rows: list[dict]) -> dict:
     """Per seed: how many arms, how many distinct step-0 rollout hashes; the
     verdict is integrity.check_pairing's (same seed: identical, seeds: different)."""
-    from layerbench.integrity import IntegrityError, check_pairing
+    from layerbench.stages.checks import IntegrityError, check_pairing
 
     by_seed = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -479,7 +479,7 @@ def pairing_summary(rows: list[dict]) -> dict:
 def param_audit(rows: list[dict]) -> dict:
     """Matrix arm x part: changed in any seed, largest relative change; the
     verdict is integrity.check_audit's (a layer arm moves its layers, nothing else)."""
-    from layerbench.integrity import IntegrityError, _part_order, check_audit
+    from layerbench.stages.checks import IntegrityError, _part_order, check_audit
 
     parts = sorted({r["part"] for r in rows}, key=_part_order)
     cells, by_run = defaultdict(list), defaultdict(list)

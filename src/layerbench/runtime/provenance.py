@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from layerbench.config import PACKAGE_ROOT
-from layerbench.io import sha256_file
-from layerbench.workflow import StudyPaths
+from layerbench.runtime.io import sha256_file
+from layerbench.paths import StudyPaths
 
 PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
 
@@ -80,7 +80,7 @@ def numerics(paths: StudyPaths) -> dict:
     """The study's numerics mode, what the math libraries use under it on this
     CPU, and every stage's intra-op thread count (study settings, in place of
     this process's own)."""
-    from layerbench.numerics import describe
+    from layerbench.runtime.numerics import describe
 
     study = paths.study
     threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
@@ -108,7 +108,7 @@ def provenance(paths: StudyPaths) -> dict:
 
 
 def write_provenance(paths: StudyPaths) -> dict:
-    from layerbench.io import atomic_write_json
+    from layerbench.runtime.io import atomic_write_json
 
     record = provenance(paths) | {"config": study_resolved(paths)}
     atomic_write_json(paths.results / "provenance.json", record)

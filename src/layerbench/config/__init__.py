@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from layerbench.data import TaskSpec
-from layerbench.tinymodel import TinyModelSpec
+from layerbench.stages.data import TaskSpec
+from layerbench.stages.model import TinyModelSpec
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[3]
 SCHEMA_PATH = PACKAGE_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 

@@ -17,8 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from layerbench.io import read_csv
-from layerbench.stats import spearman
+from layerbench.runtime.io import read_csv
+from layerbench.analysis.stats import spearman
 
 DECOMPOSITION_COLUMNS = ["arm", "budget", "n", "base_accuracy", "arm_accuracy", "gain", "now_right_was_truncated",
                          "now_right_was_wrong_finished", "lost", "finished_share_base", "finished_share_arm"]

@@ -21,8 +21,8 @@ import os
 import random
 import time
 
-from layerbench.io import atomic_write_json, read_csv
-from layerbench.workflow import StudyPaths
+from layerbench.runtime.io import atomic_write_json, read_csv
+from layerbench.paths import StudyPaths
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -150,7 +150,7 @@ def _training_metrics(rows: list[dict]) -> list[tuple[str, float, int]]:
 
 def track_study(paths: StudyPaths) -> dict:
     """Log everything the study produced; write ``results/<study>/mlflow.json``."""
-    from layerbench.provenance import provenance
+    from layerbench.runtime.provenance import provenance
 
     study = paths.study
     client = client_for(tracking_uri(study.tracking.get("uri")))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.answers import format_answer
-from layerbench.io import atomic_write_text
+from layerbench.runtime.io import atomic_write_jsonl, atomic_write_text
 
 VERBOSE_OPENING = "Let's go step by step."
 VERBOSE_CLOSING = "So the answer is"
@@ -162,3 +162,27 @@ def write_splits(spec: TaskSpec, out_dir: Path) -> dict[str, Path]:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_hub_splits(hub: dict, sample_file: Path, out_dir: Path) -> dict:
+    """train.jsonl / test.jsonl from the drawn sample (rule make_data)."""
+    with open(sample_file, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    n_train = hub.get("sample") or (len(records) - hub.get("test_size", 0))
+    suffix = hub.get("prompt_suffix", "")
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    dropped = {"train": 0, "test": 0}
+    for i, record in enumerate(records):
+        split = "train" if i < n_train else "test"
+        if not record.get("answer"):
+            dropped[split] += 1
+            continue
+        splits[split].append({"prompt": record["question"] + suffix, "answer": record["answer"],
+                              "question": record["question"], "index": record["index"]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+    summary = {"train": len(splits["train"]), "test": len(splits["test"]),
+               "dropped_without_answer": dropped, "prompt_suffix": suffix}
+    print(json.dumps(summary))
+    return summary

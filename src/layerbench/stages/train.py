@@ -27,10 +27,10 @@ from pathlib import Path
 
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
-from layerbench.data import read_jsonl
-from layerbench.io import atomic_directory, atomic_write_csv, atomic_write_json
-from layerbench.seeding import seed_everything
-from layerbench.stats import percentile
+from layerbench.stages.data import read_jsonl
+from layerbench.runtime.io import atomic_directory, atomic_write_csv, atomic_write_json
+from layerbench.runtime.seeding import seed_everything
+from layerbench.analysis.stats import percentile
 
 ROLLOUT_COLUMNS = ["step", "index", "prompt", "length", "truncated", "reward"]
 
@@ -232,7 +232,7 @@ def train_arm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
-    from layerbench.numerics import describe
+    from layerbench.runtime.numerics import describe
 
     seed_everything(seed)
     torch.set_num_threads(rl.threads)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from layerbench.data import read_jsonl
-from layerbench.io import atomic_directory, atomic_write_json
-from layerbench.numerics import describe
-from layerbench.seeding import seed_everything
+from layerbench.stages.data import read_jsonl
+from layerbench.runtime.io import atomic_directory, atomic_write_json
+from layerbench.runtime.numerics import describe
+from layerbench.runtime.seeding import seed_everything
 
 EOS = "<|endoftext|>"
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbench.config import Study
-from layerbench.data import read_jsonl
-from layerbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from layerbench.stages.data import read_jsonl
+from layerbench.runtime.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
 
@@ -137,7 +137,7 @@ def check_budgets(study: Study, report: Report) -> None:
 def eval_contexts(study: Study, suites=None) -> dict[str, tuple[list[str], dict]]:
     """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them
     (groups such as minerva_math give one entry per subtask)."""
-    from layerbench.evaluate import suite_tasks, task_manager
+    from layerbench.lmeval import suite_tasks, task_manager
 
     suites = study.eval.suites if suites is None else tuple(suites)
     out = {}
@@ -164,7 +164,7 @@ def suite_data_missing(suite) -> str | None:
         return None
     files = suite.data_files
     if not files:
-        from layerbench.evaluate import local_task_config
+        from layerbench.lmeval import local_task_config
 
         data = (local_task_config(suite).get("dataset_kwargs") or {}).get("data_files")
         files = list(data.values())[0] if isinstance(data, dict) and data else data
@@ -179,10 +179,10 @@ def buildable_suites(study: Study, report: Report, reason_offline: str | None = 
     suite unchecked (e.g. no tokenizer)."""
     from lm_eval.tasks import get_task_dict
 
-    from layerbench.evaluate import _task_specs, task_manager
+    from layerbench.lmeval import task_manager, task_specs
 
     out = []
-    for suite, spec in zip(study.eval.suites, _task_specs(study.eval.suites)):
+    for suite, spec in zip(study.eval.suites, task_specs(study.eval.suites)):
         missing = suite_data_missing(suite)
         if missing and reason_offline is None:
             report.add("eval data", suite.task, "error", f"eval.suites {suite.task}: {missing}", reason=missing)

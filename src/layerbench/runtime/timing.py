@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from layerbench.io import atomic_write_json
+from layerbench.runtime.io import atomic_write_json
 
 MARKER = ".started"
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from layerbench.config import Arm
-from layerbench.io import atomic_write_csv, atomic_write_json, read_csv
+from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
 AUDIT_COLUMNS = ["arm", "seed", "part", "changed", "rel_change"]
@@ -182,7 +182,7 @@ def compare_runs(original: Path, rerun: Path) -> dict:
 
 
 def write_repro(arm: Arm, seed: int, original: Path, rerun: Path, out: Path) -> dict:
-    from layerbench.provenance import hardware
+    from layerbench.runtime.provenance import hardware
 
     hw = hardware()
     result = {"arm": arm.name, "seed": seed, **compare_runs(original, rerun),

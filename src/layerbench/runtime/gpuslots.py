@@ -4,7 +4,7 @@ Snakemake counts GPUs (rules declare ``resources: gpu=1``; run with
 ``--resources gpu=N``) but does not say *which* GPU a job gets. GPU rules of
 a study with ``resources.gpu`` run their command through this wrapper::
 
-    python -m layerbench.gpuslots --gpus 1 -- python -m layerbench train ...
+    python -m layerbench.runtime.gpuslots --gpus 1 -- python -m layerbench train ...
 
 It picks the GPUs for the job and ``exec``s the command with
 ``CUDA_VISIBLE_DEVICES`` set to them:
@@ -107,7 +107,7 @@ def claim(n: int, pool: list[str], lock_dir: Path, timeout: float = 3600.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m layerbench.gpuslots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m layerbench.runtime.gpuslots", description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=1, help="GPUs the command needs")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for free GPUs")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...")
@@ -119,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ids, fds = claim(args.gpus, pool, default_lock_dir(), timeout=args.timeout)
     except SlotError as exc:
-        print(f"layerbench.gpuslots: {exc}", file=sys.stderr)
+        print(f"layerbench.runtime.gpuslots: {exc}", file=sys.stderr)
         return 4
     for fd in fds:
         os.set_inheritable(fd, True)  # the command (and its children) keep the claim
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(ids))
-    print(f"layerbench.gpuslots: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
+    print(f"layerbench.runtime.gpuslots: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
           f"(pool {','.join(pool)} from {source})", file=sys.stderr, flush=True)
     os.execvpe(command[0], command, env)
     return 0  # not reached

@@ -1,37 +1,43 @@
-"""Training data and base models from the Hugging Face Hub (GPU studies).
+"""Stage ``download``: everything a study fetches from the Hugging Face Hub.
 
-Two DAG steps, so a changed prompt suffix does not download again:
+Every rule of this stage needs network (or the HF cache), so all are
+``localrules``: on SLURM they run where Snakemake runs, and the compute jobs
+after them read only files. One rule per kind of download:
 
-* ``prepare_data`` (:func:`draw_sample`): read ``data.hub.id`` with
+* ``download_model`` (:func:`download_model`): resolve ``model.revision`` to
+  a commit and snapshot-download exactly that commit into
+  ``results/<study>/base_model`` (weights, config, tokenizer), recording the
+  commit in ``layerbench_source.json``.
+* ``download_data`` (:func:`draw_sample`): read ``data.hub.id`` with
   ``datasets.load_dataset``, shuffle the split with
   ``Dataset.shuffle(seed=data.hub.seed)``, keep the first
-  ``sample + test_size`` rows, and extract each row's answer. Writes
-  ``data/hub_sample.jsonl`` ({index, question, answer}) and
-  ``data/hub_sample.json`` (dataset id, revision, fingerprint, counts).
-* ``make_data`` (:func:`write_hub_splits`): the first ``sample`` rows are the
-  training prompts, the next ``test_size`` the held-out test split; the prompt
-  is ``question + prompt_suffix``; rows without an extractable answer are
-  dropped (counted). Writes ``data/train.jsonl`` / ``data/test.jsonl`` in the
-  {prompt, answer} format every later stage reads.
+  ``sample + test_size`` rows and extract each row's answer. Writes
+  ``data/hub_sample.jsonl`` ({index, question, answer}) and its ``.json``
+  record (dataset id, revision, fingerprint, counts). The ``data`` stage
+  turns the sample into prompts, so a changed prompt suffix downloads nothing.
+* ``download_eval_tasks`` (:func:`cache_eval_tasks`): build every lm-eval Hub
+  task of the study once, so its datasets land in the HF cache.
+* ``download_benchmark`` (:func:`export_benchmark`): the problems of
+  layerbench's own lm-eval tasks (benchmarks/amc, benchmarks/olympiadbench;
+  lm-eval has neither) as ``{problem, answer}`` jsonl plus a ``.json``
+  record (dataset, split, revision, fingerprint, rows, sha256), so a report
+  can say exactly which problems were scored. See benchmarks/README.md.
 
 Sampling recipe (an assumption: the paper says "50K sample, seed 42" and no
 more): shuffle the whole split with ``datasets``' seeded shuffle, take the
 first rows, *then* drop rows without a final answer, so the training set can
-be slightly smaller than ``sample``; ``hub_sample.json`` records by how much.
-
-``prepare_model`` (:func:`download_model`) resolves ``model.revision`` to a
-commit and snapshot-downloads exactly that commit into
-``results/<study>/base_model`` (weights, config, tokenizer), recording the
-commit in ``layerbench_source.json``. Neither step can run without network;
-both are ``localrules`` (on SLURM they run where Snakemake runs).
+be slightly smaller than ``sample``; the sample's record says by how much.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from layerbench.io import atomic_directory, atomic_write_json, atomic_write_jsonl
+from layerbench.config import Suite
+from layerbench.lmeval import suite_tasks, task_manager
+from layerbench.runtime.io import atomic_directory, atomic_write_json, atomic_write_jsonl, sha256_file
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.py", "merges.txt", "vocab.json"]
 
@@ -106,30 +112,6 @@ def _source_indices(shuffled, n: int) -> list[int]:
     return [int(column[i].as_py()) for i in range(n)]
 
 
-def write_hub_splits(hub: dict, sample_file: Path, out_dir: Path) -> dict:
-    """train.jsonl / test.jsonl from the drawn sample (rule make_data)."""
-    with open(sample_file, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    n_train = hub.get("sample") or (len(records) - hub.get("test_size", 0))
-    suffix = hub.get("prompt_suffix", "")
-    splits: dict[str, list[dict]] = {"train": [], "test": []}
-    dropped = {"train": 0, "test": 0}
-    for i, record in enumerate(records):
-        split = "train" if i < n_train else "test"
-        if not record.get("answer"):
-            dropped[split] += 1
-            continue
-        splits[split].append({"prompt": record["question"] + suffix, "answer": record["answer"],
-                              "question": record["question"], "index": record["index"]})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
-    summary = {"train": len(splits["train"]), "test": len(splits["test"]),
-               "dropped_without_answer": dropped, "prompt_suffix": suffix}
-    print(json.dumps(summary))
-    return summary
-
-
 def download_model(model: dict, out_dir: Path, api=None, snapshot=None) -> dict:
     """Snapshot-download ``model.id`` at ``model.revision`` (resolved to a
     commit first, so the files are exactly that commit) into ``out_dir``."""
@@ -152,3 +134,70 @@ def download_model(model: dict, out_dir: Path, api=None, snapshot=None) -> dict:
         source = {"id": model["id"], "revision": revision, "commit": commit, **found}
         atomic_write_json(tmp / "layerbench_source.json", source)
     return source
+
+
+@dataclass(frozen=True)
+class Export:
+    """Where a benchmark's problems come from and which fields hold what."""
+
+    dataset: str
+    split: str
+    question_field: str
+    answer_field: str
+    config_name: str | None = None
+    revision: str | None = None
+    note: str = ""
+
+
+EXPORTS: dict[str, Export] = {
+    # AMC 2022 + 2023 (83 problems, integer answers), the set Numina used to
+    # validate AIMO models and DeepScaleR-style evaluations call "AMC".
+    "amc": Export("AI-MO/aimo-validation-amc", "train", "problem", "answer",
+                  note="83 AMC12 2022/2023 problems; answers are numbers"),
+    # OlympiadBench, English text-only open-ended maths competition problems
+    # (OE_TO_maths_en_COMP, about 675 problems); final_answer is a list, layerbench
+    # keeps its first element (the few multi-answer problems are kept as-is).
+    "olympiadbench": Export("Hothan/OlympiadBench", "train", "question", "final_answer",
+                            config_name="OE_TO_maths_en_COMP",
+                            note="OE_TO_maths_en_COMP; first element of final_answer"),
+}
+
+
+def export_benchmark(name: str, out: Path, dataset=None) -> dict:
+    """Write ``out`` ({problem, answer} per line) and its ``.json`` record."""
+    if name not in EXPORTS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(EXPORTS))}")
+    spec = EXPORTS[name]
+    if dataset is None:
+        from datasets import load_dataset
+
+        dataset = load_dataset(spec.dataset, spec.config_name, split=spec.split, revision=spec.revision)
+    records, skipped = [], 0
+    for i, row in enumerate(dataset):
+        answer = extract_answer(row[spec.answer_field], "none")
+        if answer is None:
+            skipped += 1
+            continue
+        records.append({"id": i, "problem": str(row[spec.question_field]).strip(), "answer": answer})
+    atomic_write_jsonl(out, records)
+    info = {"name": name, "dataset": spec.dataset, "config_name": spec.config_name, "split": spec.split,
+            "revision": spec.revision, "fingerprint": getattr(dataset, "_fingerprint", None),
+            "rows": len(records), "skipped_without_answer": skipped, "note": spec.note,
+            "sha256": sha256_file(out)}
+    atomic_write_json(Path(out).with_suffix(".json"), info)
+    return info
+
+
+def cache_eval_tasks(suites: tuple[Suite, ...], out: Path) -> dict:
+    """Build every lm-eval Hub task of ``suites`` once (their datasets land in
+    the HF cache, so evaluate jobs need no network) and record what was built."""
+    hub_suites = tuple(s for s in suites if not s.include_path)
+    record = {}
+    for suite, tasks in suite_tasks(hub_suites, task_manager(hub_suites)):
+        for name, task in tasks.items():
+            docs = task.eval_docs
+            record[name] = {"suite": suite.task, "dataset_path": task.config.dataset_path,
+                            "dataset_name": task.config.dataset_name, "test_split": task.config.test_split,
+                            "docs": len(docs), "fingerprint": getattr(docs, "_fingerprint", None)}
+    atomic_write_json(out, record)
+    return record

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerbench.io import sha256_file
+from layerbench.runtime.io import sha256_file
 
 DOCKERFILE = Path("containers") / "Dockerfile"
 LOCK = Path("environment.lock")
@@ -144,7 +144,7 @@ def build_image(dockerfile: Path, lock: Path, out_json: Path, base_image: str | 
     build; default ``$LAYERBENCH_BUILD_CA``, else ``$PIP_CERT`` (the host's own
     pip trust), else none.
     """
-    from layerbench.io import atomic_write_json
+    from layerbench.runtime.io import atomic_write_json
 
     dockerfile, lock = Path(dockerfile), Path(lock)
     root = lock.resolve().parent
@@ -210,7 +210,7 @@ def docker_prefix(image: str, *, gpus: str | None = "all", engine: str = "docker
               "-e", f"PYTHONPATH={workdir}/src",
               "-e", f"LAYERBENCH_IMAGE_ID=$({engine} images --no-trunc --quiet {ref})",
               "-e", "MLFLOW_TRACKING_URI",
-              "-e", "CUDA_VISIBLE_DEVICES",  # the GPU slot layerbench.gpuslots gave this job
+              "-e", "CUDA_VISIBLE_DEVICES",  # the GPU slot layerbench.runtime.gpuslots gave this job
               ref]
     return " ".join(parts)
 
@@ -258,7 +258,7 @@ class Plan:
 
     def build_command(self, python: str = sys.executable) -> str:
         """Shell command of the build rule (``{output}``/``{log}`` left to Snakemake)."""
-        cmd = [python, "-m", "layerbench.containers", "build", "--dockerfile", str(self.dockerfile),
+        cmd = [python, "-m", "layerbench.runtime.containers", "build", "--dockerfile", str(self.dockerfile),
                "--lock", str(self.lock), "--torch-flavour", self.torch_flavour, "--engine", self.engine]
         if self.base_image:
             cmd += ["--base-image", self.base_image]
@@ -336,7 +336,7 @@ def verify_installed(locks: list[Path], torch_flavour: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerbench.containers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="layerbench.runtime.containers", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def image_args(p):

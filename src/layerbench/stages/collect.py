@@ -16,9 +16,9 @@ from collections import defaultdict
 import numpy as np
 
 from layerbench.config import Arm
-from layerbench.io import atomic_write_csv, read_csv
-from layerbench.stats import contributions_from_samples
-from layerbench.workflow import StudyPaths
+from layerbench.runtime.io import atomic_write_csv, read_csv
+from layerbench.analysis.stats import contributions_from_samples
+from layerbench.paths import StudyPaths
 
 SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_rate", "finished_accuracy",
                  "mean_tokens"]
@@ -89,8 +89,8 @@ def timing_rows(paths: StudyPaths) -> list[dict]:
 
 
 def collect(paths: StudyPaths) -> None:
-    from layerbench.provenance import write_provenance
-    from layerbench.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
+    from layerbench.runtime.provenance import write_provenance
+    from layerbench.analysis.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
                                        ranking_rows)
 
     atomic_write_csv(paths.scores, score_rows(paths), SCORE_COLUMNS)

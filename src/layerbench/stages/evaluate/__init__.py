@@ -1,0 +1,158 @@
+"""Evaluate a checkpoint with lm-eval at every generation budget.
+
+lm-eval does the work (task loading, prompting, generation, filters,
+metric); layerbench adds what lm-eval drops: per-sample generated-token
+count and finish reason, recorded by ``RecordingHFLM`` (registered with
+lm-eval as ``layerbench-hf``) or, with ``eval.backend: vllm``, by
+``RecordingVLLM`` (``layerbench-vllm``, a subclass of lm-eval's own vLLM
+model that keeps each vLLM output's token ids and ``finish_reason``; it is
+defined on first use, so installs without vLLM never import it).
+
+Budget sweep: under greedy decoding the output at a smaller budget is a
+prefix of the output at a larger one, so one lm-eval run at the largest
+budget gives every smaller budget: each answer is cut at ``b`` tokens and
+re-scored with the task's own filters and metric. Under sampling that holds
+at best in distribution, not sample for sample, so layerbench does not do it:
+``eval.derive_budgets`` defaults to true under greedy decoding and false
+otherwise (true with sampling is a config error), and then every budget gets
+its own lm-eval run.
+
+Finish reasons: ``eos`` (end-of-text token), ``stop`` (a task stop sequence)
+or ``length`` (the budget ran out: *truncated*).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from layerbench.config import EvalConfig
+from layerbench.lmeval import filter_ensemble, score_response, score_responses, suite_tasks, task_manager
+from layerbench.runtime.io import atomic_directory, atomic_write_csv, atomic_write_json, atomic_write_jsonl
+from layerbench.stages.evaluate.backends import Generation, decoding_kwargs, make_lm, response_text
+
+PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
+
+
+def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out_dir: Path,
+                   derive_budgets: bool | None = None, context_length: int | None = None) -> dict:
+    """Run lm-eval on ``model_dir`` and write, atomically into ``out_dir``:
+    lm-eval's samples (``samples_<task>.jsonl``), our per-generation records
+    (``generations_<task>.jsonl``), ``per_sample.csv`` (every sample at every
+    budget) and ``scores.json`` (per task and budget).
+
+    ``seed`` is the arm's seed; sampling uses ``eval.seed`` when set (the same
+    for every checkpoint, as in the authors' scripts), else ``seed``."""
+    import lm_eval
+    import torch
+
+    torch.set_num_threads(ev.threads)
+    derive = ev.derive if derive_budgets is None else derive_budgets
+    sampling_seed = seed if ev.seed is None else ev.seed
+    lm = make_lm(model_dir, ev, sampling_seed, context_length)
+    manager = task_manager(ev.suites)
+    decoding = decoding_kwargs(ev)
+
+    runs = [max(budgets)] if derive else sorted(budgets)
+    rows, scores, lm_samples, gen_records = [], {}, {}, {}
+    for run_budget in runs:
+        by_suite = suite_tasks(ev.suites, manager)
+        tasks = {name: task for _, leaves in by_suite for name, task in leaves.items()}
+        scoring = {name: (suite.filter, suite.metric) for suite, leaves in by_suite for name in leaves}
+        lm.generations.clear()
+        result = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks.values()),
+            task_manager=manager,
+            gen_kwargs={"max_gen_toks": run_budget, **decoding},
+            log_samples=True,
+            limit=ev.limit,
+            random_seed=sampling_seed,
+            numpy_random_seed=sampling_seed,
+            torch_random_seed=sampling_seed,
+            fewshot_random_seed=sampling_seed,
+            bootstrap_iters=0,
+            **({"num_fewshot": ev.num_fewshot} if ev.num_fewshot is not None else {}),
+        )
+        repeat_of: dict[tuple, int] = {}
+        by_doc = {}
+        for request, gen in lm.generations:
+            key = (request.task_name, request.doc_id)
+            repeat_of[key] = repeat_of.get(key, -1) + 1
+            by_doc[(*key, repeat_of[key])] = (request, gen)
+        repeats_of_doc: dict[tuple, list[Generation]] = {}
+        for (t, d, _), (_, gen) in sorted(by_doc.items()):
+            repeats_of_doc.setdefault((t, d), []).append(gen)
+        for task_name, task in tasks.items():
+            filter_name, metric = scoring[task_name]
+            samples = result["samples"][task_name]
+            lm_samples.setdefault(task_name, []).extend(samples)
+            checked_filter = filter_ensemble(task, filter_name).name
+            for sample in samples:
+                if sample.get("filter", checked_filter) != checked_filter:
+                    continue
+                _check_against_lm_eval(task, sample, repeats_of_doc[(task_name, sample["doc_id"])], lm.tok_decode,
+                                       filter_name, metric)
+            for (t, doc_id, repeat), (request, gen) in sorted(by_doc.items(), key=lambda kv: kv[0][1:]):
+                if t != task_name:
+                    continue
+                gen_records.setdefault(task_name, []).append(
+                    {"doc_id": doc_id, "repeat": repeat, "run_budget": run_budget,
+                     "n_tokens": len(gen.token_ids), "finish_reason": gen.finish_reason,
+                     "token_ids": list(gen.token_ids)}
+                )
+                for budget in (budgets if derive else (run_budget,)):
+                    at_b = gen.at_budget(budget)
+                    _, value = score_response(task, request.doc, response_text(at_b, lm.tok_decode),
+                                              filter_name, metric)
+                    rows.append({"task": task_name, "doc_id": doc_id, "repeat": repeat, "budget": budget,
+                                 "correct": value, "truncated": int(at_b.truncated),
+                                 "n_tokens": len(at_b.token_ids), "finish_reason": at_b.finish_reason})
+    for task_name in lm_samples:
+        scores[task_name] = summarise(rows, task_name, budgets)
+
+    with atomic_directory(out_dir) as tmp:
+        for task_name, samples in lm_samples.items():
+            atomic_write_jsonl(tmp / f"samples_{task_name}.jsonl", [_jsonable(s) for s in samples])
+            atomic_write_jsonl(tmp / f"generations_{task_name}.jsonl", gen_records[task_name])
+        atomic_write_csv(tmp / "per_sample.csv", rows, PER_SAMPLE_COLUMNS)
+        record = {"budgets": list(budgets), "derived_budgets": derive, "seed": seed, "tasks": scores}
+        if sampling_seed != seed or ev.backend != "hf":
+            record.update(sampling_seed=sampling_seed, backend=ev.backend)
+        atomic_write_json(tmp / "scores.json", record)
+    return scores
+
+
+def summarise(rows: list[dict], task: str, budgets) -> dict:
+    out = {}
+    for budget in budgets:
+        sel = [r for r in rows if r["task"] == task and r["budget"] == budget]
+        finished = [r for r in sel if not r["truncated"]]
+        out[str(budget)] = {
+            "accuracy": sum(r["correct"] for r in sel) / len(sel),
+            "n": len(sel),
+            "truncated_rate": 1 - len(finished) / len(sel),
+            "finished_accuracy": (sum(r["correct"] for r in finished) / len(finished)) if finished else None,
+            "mean_tokens": sum(r["n_tokens"] for r in sel) / len(sel),
+        }
+    return out
+
+
+def _check_against_lm_eval(task, sample: dict, gens: list[Generation], decode, filter_name: str | None = None,
+                           metric: str | None = None) -> None:
+    """Our reconstruction of the responses (every repeat) and their score
+    must equal lm-eval's own; otherwise every derived budget would be suspect."""
+    ours = [response_text(gen, decode) for gen in gens]
+    theirs = list(sample["resps"][0])
+    if ours != theirs:
+        diff = next(i for i, (a, b) in enumerate(zip(ours + [None] * len(theirs), theirs + [None] * len(ours)))
+                    if a != b)
+        raise RuntimeError(f"doc {sample['doc_id']} repeat {diff}: recorded generation "
+                           f"{(ours + [None])[diff]!r} != lm-eval's response {(theirs + [None])[diff]!r}")
+    name, value, _ = score_responses(task, sample["doc"], ours, filter_name, metric)
+    if float(sample[name]) != value:
+        raise RuntimeError(f"doc {sample['doc_id']}: re-scored {name}={value} != lm-eval's {sample[name]}")
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
