@@ -1,11 +1,14 @@
 # layerbench: base vs full vs single-layer RL, evaluated at several token budgets.
-# Thin by design: load and validate the study, include one rule file per stage.
-# Every rule calls the layerbench package; no logic lives here.
+# Thin by design: load the study, include one rule file per stage (the stage map
+# in README.md lists them). Every rule calls `layerbench stage <name>`; no logic
+# lives here.
 import sys
 
 from snakemake.utils import min_version
 
-from layerbench.paths import StudyPaths
+from layerbench.config import study_from_snakemake
+from layerbench.paths import StudyPaths, record_of
+from layerbench.rules import RuleSettings
 
 min_version("9.0")
 
@@ -14,7 +17,11 @@ if not workflow.overwrite_configfiles:  # a --configfile study stands alone, nev
     configfile: "config/default.yaml"
 
 
-S = StudyPaths.from_config(config)  # schema, defaults, cross-field checks; raises naming the bad key
+STUDY = study_from_snakemake(config)  # schema, defaults, cross-field checks; raises naming the bad key
+P = StudyPaths(STUDY)  # every file, declared once
+R = RuleSettings(STUDY)  # fingerprints, resources, GPU slots
+P.study_file.parent.mkdir(parents=True, exist_ok=True)
+STUDY.write(P.study_file)  # what every stage command reads (rewritten only when it changes)
 LB = f"{sys.executable} -m layerbench"
 
 
@@ -25,22 +32,29 @@ wildcard_constraints:
 
 
 include: "workflow/rules/container.smk"  # LB_JOB, IMAGE; before the stage rules
-include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/preflight.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/benchmarks.smk"
 include: "workflow/rules/checks.smk"
 include: "workflow/rules/collect.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    shell(f"{LB} stage timing start {P.wall_time}")
+
+
+onsuccess:
+    shell(f"{LB} stage timing finish {P.wall_time}")
+
+
 rule all:
     input:
-        S.report,
-        S.scores,
-        S.contributions,
-        S.mlflow,
+        P.report,
+        P.scores,
+        P.contributions,
+        P.mlflow,

@@ -198,8 +198,8 @@ def test_docker_runtime_dry_run_puts_image_first(tmp_path):
     out = dry_run(work, "docker")
     assert out.returncode == 0, out.stdout + out.stderr
     tag = plan("docker", work, environ={}).tag
-    assert "rule build_image:" in out.stdout and f"results/containers/{tag}.json" in out.stdout
-    assert re.search(r"docker run --rm .* layerbench:%s python -m layerbench data " % tag, out.stdout), out.stdout
+    assert "rule container_image:" in out.stdout and f"results/containers/{tag}.json" in out.stdout
+    assert re.search(r"docker run --rm .* layerbench:%s python -m layerbench stage data " % tag, out.stdout), out.stdout
 
 
 def test_apptainer_runtime_dry_run_with_profile(tmp_path):
@@ -219,10 +219,10 @@ def test_apptainer_runtime_dry_run_with_profile(tmp_path):
     out = dry_run(work, "apptainer", "--profile", str(ROOT / "workflow" / "profiles" / "apptainer"), env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     tag = plan("apptainer", work, environ={}).tag
-    for rule in ("build_image", "apptainer_image", "make_data", "train_arm"):
+    for rule in ("container_image", "container_sif", "data", "train"):
         assert f"rule {rule}:" in out.stdout, rule
     assert f"apptainer build --force results/containers/{tag}.sif docker-daemon://layerbench:{tag}" in out.stdout
-    assert "/opt/venv/bin/python -m layerbench data " in out.stdout
+    assert "/opt/venv/bin/python -m layerbench stage data " in out.stdout
 
 
 # --- the real build -------------------------------------------------------

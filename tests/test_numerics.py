@@ -50,7 +50,7 @@ def test_the_caps_change_native_kernels_so_the_simulation_is_real(small_base, tm
     study.parent.mkdir(parents=True)
     study.write_text(yaml.safe_dump(raw))
     procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "layerbench", "build-model", "--study", str(study), "--sft",
+        [sys.executable, "-m", "layerbench", "stage", "model", "--study", str(study), "--sft",
          str(small_base["data"] / "sft.jsonl"), "--out", str(tmp_path / name)],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, env in (("native", {}), ("capped", AVX2_MACHINE))}

@@ -49,13 +49,13 @@ def test_there_is_a_paper_and_a_scripts_variant_per_qwen3_size_and_a_dr_grpo_stu
 def test_every_paper_config_validates_and_covers_every_layer(path):
     study = load_study(path)
     assert study.name == path.stem
-    assert study.model["source"] == "hub" and study.data_source == "hub"
+    assert study.model.source == "hub" and study.data_source == "hub"
     assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(study.num_layers)]
     assert study.num_layers == {"Qwen/Qwen3-1.7B-Base": 28, "Qwen/Qwen3-4B-Base": 36, "Qwen/Qwen3-8B-Base": 36,
-                                "Qwen/Qwen2.5-Math-1.5B": 28}[study.model["id"]]
+                                "Qwen/Qwen2.5-Math-1.5B": 28}[study.model.id]
     assert study.gpus == 1 and study.eval.backend == "vllm" and study.verifier == "math_verify"
     assert all(study.rl_for(a).use_vllm for a in study.trained_arms)
-    assert study.tracking["experiment"] == f"layerbench-{study.name}"
+    assert study.tracking.experiment == f"layerbench-{study.name}"
     tasks = {s.task for s in study.eval.suites}
     assert {"minerva_math500", "gsm8k", "layerbench_olympiadbench", "layerbench_amc"} <= tasks
     amc = next(s for s in study.eval.suites if s.task == "layerbench_amc")
@@ -65,12 +65,12 @@ def test_every_paper_config_validates_and_covers_every_layer(path):
 @pytest.mark.parametrize("path", QWEN3, ids=lambda p: p.stem)
 def test_qwen3_studies_share_the_paper_setting(path):
     study = load_study(path)
-    hub = study.data["hub"]
-    assert (hub["id"], hub["sample"], hub["seed"]) == ("AI-MO/NuminaMath-CoT", 50000, 42)
-    assert hub["prompt_suffix"] == " Let's think step by step and output the final answer within \\boxed{}."
+    hub = study.data.hub
+    assert (hub.id, hub.sample, hub.seed) == ("AI-MO/NuminaMath-CoT", 50000, 42)
+    assert hub.prompt_suffix == " Let's think step by step and output the final answer within \\boxed{}."
     assert (study.limits.max_prompt_tokens, study.limits.max_completion_tokens) == (1024, 3072)
     assert study.limits.eval_budgets == (3072, 8192)
-    assert study.model["context_length"] == 32768
+    assert study.model.context_length == 32768
     for arm in (Arm("full"), Arm("layer", (0,))):
         rl = study.rl_for(arm)
         assert (rl.prompts_per_step, rl.mini_batch_prompts, rl.beta, rl.epsilon) == (512, 128, 0.001, 0.2)
@@ -116,7 +116,7 @@ def test_dr_grpo_study_follows_its_row():
     assert rl.trl_loss == {"loss_type": "dr_grpo", "scale_rewards": "none"}
     assert (rl.num_generations, rl.prompts_per_step, rl.epochs, rl.temperature, rl.beta) == (8, 128, 5, 1.0, 0.0)
     assert study.limits.max_completion_tokens == 3000
-    assert study.model["context_length"] == 4096
+    assert study.model.context_length == 4096
     assert max(study.limits.eval_budgets) + study.limits.max_prompt_tokens <= 4096
     assert {"aime24", "aime25", "minerva_math"} <= {s.task for s in study.eval.suites}
     assert rl.optimizer_steps(12000) == 5 * (12000 // 128)
@@ -155,7 +155,7 @@ def test_default_study_keeps_its_meaning_and_fingerprints():
               "bf16"}  # set on purpose: fp32 on CPU (config/default.yaml)
     for arm in study.trained_arms:
         assert set(study.rl_for(arm).identity()) == legacy
-    assert study.rl_for(Arm("full")).optimizer_steps() == study.rl["steps"]
+    assert study.rl_for(Arm("full")).optimizer_steps() == study.rl.steps
 
 
 def test_default_grpo_config_is_unchanged(tmp_path):
@@ -198,20 +198,20 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
     text = _dry_run(tmp_path, path)
     seeds, layers = len(study.seeds), study.num_layers
     stats = job_stats(text)
-    assert stats["train_arm"] == (layers + 1) * seeds  # full + every layer, per seed
+    assert stats["train"] == (layers + 1) * seeds  # full + every layer, per seed
     assert stats["evaluate"] == (layers + 2) * seeds  # + base; each job scores every budget
-    once = ("prepare_model", "prepare_data", "make_data", "preflight_train", "preflight", "prepare_eval_tasks",
-            "check_arms", "collect", "report", "track")
+    once = ("download_model", "download_data", "data", "preflight_train", "preflight_eval", "download_eval_tasks",
+            "checks", "collect", "report", "track")
     assert {k: stats.get(k) for k in once} == dict.fromkeys(once, 1)
-    assert stats["prepare_benchmark"] == 2  # amc, olympiadbench
-    assert "build_base_model" not in stats
-    for rule in ("train_arm", "evaluate"):
+    assert stats["download_benchmark"] == 2  # amc, olympiadbench
+    assert "model" not in stats
+    for rule in ("train", "evaluate"):
         jobs = _jobs(text, rule)
         assert len(jobs) == stats[rule]
         for job in jobs:
             assert re.search(r"resources: .*\bgpu=1\b", job), job
             assert "mem_mb=" in job and "runtime=" in job
-    for rule in ("prepare_model", "prepare_data", "make_data", "collect"):
+    for rule in ("download_model", "download_data", "data", "collect"):
         assert all("gpu=" not in job for job in _jobs(text, rule))
     # nothing was downloaded or built by planning
     assert not (tmp_path / "results" / study.name / "base_model").exists()
@@ -227,7 +227,7 @@ def test_gpu_jobs_run_inside_a_gpu_slot_and_cpu_studies_do_not(tmp_path):
     assert "-m layerbench.runtime.gpuslots --gpus 1 -- " in gpu
     default = _dry_run(tmp_path / "default", None)
     assert "gpuslots" not in default and not re.search(r"resources: .*\bgpu=", default)
-    assert "build_base_model" in job_stats(default) and "prepare_model" not in job_stats(default)
+    assert "model" in job_stats(default) and "download_model" not in job_stats(default)
 
 
 # --- offline preflight ----------------------------------------------------------
@@ -247,14 +247,14 @@ def test_preflight_accepts_the_paper_limits_offline_without_downloading(path, tm
     monkeypatch.setattr(datasets, "load_dataset", no_download)
     study = load_study(path)
     train = tmp_path / "train.jsonl"
-    train.write_text(json.dumps({"prompt": "What is 1+1?" + study.data["hub"]["prompt_suffix"], "answer": "2"}) + "\n")
+    train.write_text(json.dumps({"prompt": "What is 1+1?" + study.data.hub.prompt_suffix, "answer": "2"}) + "\n")
     report = run_preflight(study, None, train, tmp_path / "out")
     assert report.status == "warn"  # warnings only: unmeasured prompts and unchecked suites
     by_check = {}
     for check in report.checks:
         by_check.setdefault(check["check"], []).append(check)
     [context] = by_check["model context"]
-    assert context["numbers"]["context"] == study.model["context_length"] and "declared" in context["message"]
+    assert context["numbers"]["context"] == study.model.context_length and "declared" in context["message"]
     assert by_check["train context"][0]["status"] == "ok"
     [engine] = by_check["vllm max_model_len"]
     assert engine["numbers"]["max_model_len"] == study.limits.max_prompt_tokens + study.limits.max_completion_tokens
@@ -353,7 +353,7 @@ def test_lm_eval_vllm_model_args():
     from layerbench.stages.evaluate.backends import decoding_kwargs, vllm_model_args
 
     study = _study("qwen3-1.7b-grpo-scripts.yaml")
-    args = vllm_model_args(Path("results/x/runs/full/seed1/checkpoint"), study.eval, 42, study.model["context_length"])
+    args = vllm_model_args(Path("results/x/runs/full/seed1/checkpoint"), study.eval, 42, study.model.context_length)
     assert args == {"pretrained": "results/x/runs/full/seed1/checkpoint", "dtype": "bfloat16", "seed": 42,
                     "gpu_memory_utilization": 0.85, "batch_size": "auto", "tensor_parallel_size": 1,
                     "data_parallel_size": 1, "max_model_len": 10240}

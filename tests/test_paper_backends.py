@@ -85,7 +85,7 @@ def test_hub_splits_use_the_prompt_suffix_and_drop_rows_without_answer(tmp_path)
     assert sum(summary["dropped_without_answer"].values()) == info["without_answer"]
     assert not {r["index"] for r in train} & {r["index"] for r in test}
     for r in train + test:
-        assert r["prompt"] == r["question"] + hub["prompt_suffix"] and r["answer"]
+        assert r["prompt"] == r["question"] + hub.prompt_suffix and r["answer"]
 
 
 def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):

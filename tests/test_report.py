@@ -133,7 +133,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                        for s in range(1, 21)]
             atomic_write_csv(run / "metrics.csv", metrics, list(metrics[0]))
             atomic_write_json(run / "summary.json", {"step0_rollout_sha256": f"{seed:064x}"})
-    for job, seconds in (("build_base_model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
+    for job, seconds in (("model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
         tsv = paths.benchmarks / f"{job}.tsv"
         tsv.parent.mkdir(parents=True, exist_ok=True)
         tsv.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{seconds}\t0:00:12\t512.0\t{seconds}\n")

@@ -69,13 +69,13 @@ def test_layer_arm_changes_only_its_layer(trained, small_base):
 def test_metrics_and_rollouts_are_recorded_per_step(trained, small_base):
     study = small_base["study"]
     metrics = read_csv(trained[("full", 1)] / "metrics.csv")
-    assert [int(r["step"]) for r in metrics] == list(range(1, study.rl["steps"] + 1))
+    assert [int(r["step"]) for r in metrics] == list(range(1, study.rl.steps + 1))
     for column in ("reward", "completions/clipped_ratio", "rollouts/truncated_share", "completions/mean_length"):
         assert all(r[column] != "" for r in metrics), column
     # our truncation definition and TRL's clipped_ratio agree on every step
     for r in metrics:
         assert float(r["rollouts/truncated_share"]) == pytest.approx(float(r["completions/clipped_ratio"]))
     rollouts = read_csv(trained[("full", 1)] / "rollouts.csv")
-    per_step = study.rl["prompts_per_step"] * study.rl["num_generations"]
-    assert len(rollouts) == study.rl["steps"] * per_step
+    per_step = study.rl.prompts_per_step * study.rl.num_generations
+    assert len(rollouts) == study.rl.steps * per_step
     assert all(int(r["length"]) <= study.limits.max_completion_tokens for r in rollouts)

@@ -39,7 +39,7 @@ def test_tables_hold_every_arm_seed_and_budget(study_runs):
     assert {r["arm"] for r in training} == arms - {"base"}
     assert (runs["wide"] / "reports" / "e2e" / "index.html").stat().st_size > 1000
     timings = read_csv(results / "timings.csv")
-    assert {"build_base_model", "runs/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
+    assert {"model", "runs/full_seed1", "eval/base_seed1"} <= {t["job"] for t in timings}
     wall = yaml.safe_load((results / "wall_time.json").read_text())
     assert wall["wall_seconds"] > 0
     # the report is rendered before the run ends: its wall time runs up to the report
@@ -94,7 +94,8 @@ def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_ru
     plan = run_study(work, 1, "-n", "--quiet", "rules")
     out = plan.stdout + plan.stderr
     assert plan.returncode == 0, out
-    assert "evaluate" in out and "train_arm" not in out and "build_base_model" not in out
+    stats = job_stats(out)
+    assert "evaluate" in stats and "train" not in stats and "model" not in stats, stats
     # eval settings and one arm's hyper-parameters edited together: that arm
     # alone retrains (Snakemake skips the params check of a job reached only
     # through an ancient() input of a re-running job; training has none)
@@ -103,7 +104,7 @@ def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_ru
     (work / "study.yaml").write_text(yaml.safe_dump(both))
     plan = run_study(work, 1, "-n", "--quiet", "rules")
     stats = job_stats(plan.stdout + plan.stderr)
-    assert stats["train_arm"] == 1 and stats["evaluate"] == 4 and "preflight_train" not in stats, stats
+    assert stats["train"] == 1 and stats["evaluate"] == 4 and "preflight_train" not in stats, stats
     (work / "study.yaml").write_text(yaml.safe_dump(raw))
 
 
@@ -144,7 +145,7 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
     numerics = prov["numerics"]
     assert numerics["mode"] == "portable" and numerics["cpu_capability"] == "AVX2"
     assert numerics["mkl_cbwr"] == "AVX2,STRICT" and numerics["dnnl_max_cpu_isa"] == "AVX2"
-    assert numerics["threads"] == {"build_base_model": 2, "train": [2], "evaluate": 2}
+    assert numerics["threads"] == {"model": 2, "train": [2], "evaluate": 2}
     mlflow.set_tracking_uri(f"sqlite:///{runs['wide'] / 'mlflow.db'}")
     for run in mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list"):
         tags = run.data.tags
@@ -175,7 +176,7 @@ def test_repro_target_matches_bitwise_on_cpu(study_runs, tmp_path):
 
     _, runs = study_runs
     work = _copy_workdir(runs["wide"], tmp_path / "w")
-    result = run_study(work, 2, "repro")
+    result = run_study(work, 2, "checks_repro")
     assert result.returncode == 0, result.stderr[-3000:]
     repro = json.loads((work / "results" / "e2e" / "repro.json").read_text())
     assert repro["arm"] == "layer:0" and repro["seed"] == 1
@@ -193,7 +194,7 @@ def test_a_perturbed_arm_stops_the_study(study_runs, tmp_path):
     (work / "study.yaml").write_text(yaml.safe_dump(perturbed))
     result = run_study(work, 2)
     assert result.returncode != 0
-    log = (work / "results" / "e2e" / "logs" / "check_arms.log").read_text()
+    log = (work / "results" / "e2e" / "logs" / "checks.log").read_text()
     assert "seed 1: arms layer:1 started from different rollouts than full, layer:0" in log
 
 
@@ -213,7 +214,8 @@ def _tracked_copy(src: Path, dst: Path, name: str) -> Path:
 
 
 def _track(work: Path, name: str, env: dict, wait: bool = True):
-    cmd = [sys.executable, "-m", "layerbench", "track", "--study", f"results/{name}/study.yaml"]
+    cmd = [sys.executable, "-m", "layerbench", "stage", "track", "--study", f"results/{name}/study.yaml",
+           "--out", f"results/{name}/mlflow.json"]
     if not wait:
         return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)

@@ -1,15 +1,14 @@
-"""``layerbench``: the commands users run and the stage commands rules run.
+"""``layerbench``: the commands users run, and under ``layerbench stage`` the ones rules run.
 
 User commands: ``contribution`` (C(k) from any scores table), ``audit``
-(truncation in any lm-eval samples file), ``compare`` (two studies side by
-side), ``check-limits`` (a study config's token limits, offline), ``readme-table``
-(the README's results block from a run),
-``--version``.
-Stage commands (called by workflow/rules/*.smk with ``--study
-results/<study>/study.yaml``): data, build-model, train, evaluate, collect,
-track, report, timing, preflight, check-arms, check-repro; for Hub studies
-(config/paper/) also prepare-data, prepare-model and export-benchmark (the
-data recipe of benchmarks/amc and benchmarks/olympiadbench).
+(truncation in any lm-eval samples file), ``check-limits`` (a study config's
+token limits, offline), ``compare`` (two studies side by side),
+``readme-table`` (the README's results block from a run).
+
+Stage commands: ``layerbench stage <name>``, one per DAG stage, named as its
+rule file (``workflow/rules/<name>.smk``) and its module
+(``layerbench.stages.<name>``). Each reads the study from ``--study
+results/<study>/study.yaml`` and writes only the paths it is given.
 """
 
 from __future__ import annotations
@@ -27,124 +26,7 @@ def _paths(args):
     return StudyPaths.from_study_file(args.study)
 
 
-def cmd_data(args) -> None:
-    paths = _paths(args)
-    if paths.study.data_source == "hub":
-        from layerbench.stages.data import write_hub_splits
-
-        write_hub_splits(paths.study.data["hub"], paths.hub_sample, Path(args.out))
-        return
-    from layerbench.stages.data import write_splits
-
-    write_splits(paths.study.task_spec, Path(args.out))
-
-
-def cmd_prepare_data(args) -> None:
-    from layerbench.stages.download import draw_sample
-
-    print(draw_sample(_paths(args).study.data["hub"], Path(args.out)))
-
-
-def cmd_prepare_model(args) -> None:
-    from layerbench.stages.download import download_model
-
-    print(download_model(_paths(args).study.model, Path(args.out)))
-
-
-def cmd_prepare_eval_tasks(args) -> None:
-    from layerbench.stages.download import cache_eval_tasks
-
-    print(cache_eval_tasks(_paths(args).study.eval.suites, Path(args.out)))
-
-
-def cmd_export_benchmark(args) -> None:
-    from layerbench.stages.download import export_benchmark
-
-    print(export_benchmark(args.name, Path(args.out)))
-
-
-def cmd_build_model(args) -> None:
-    from layerbench.stages.model import build_base_model
-
-    summary = build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec)
-    print(summary)
-
-
-def cmd_train(args) -> None:
-    from layerbench.config import Arm
-    from layerbench.stages.train import train_arm
-
-    study = _paths(args).study
-    arm = Arm.parse(args.arm)
-    summary = train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
-                        study.limits.max_completion_tokens, Path(args.out),
-                        max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier)
-    print(summary)
-
-
-def cmd_evaluate(args) -> None:
-    from layerbench.stages.evaluate import evaluate_model
-
-    study = _paths(args).study
-    model = Path(args.model)
-    if (model / "checkpoint").is_dir():
-        model = model / "checkpoint"
-    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, Path(args.out),
-                         context_length=study.model.get("context_length")))
-
-
-def cmd_preflight(args) -> None:
-    from layerbench.stages.preflight import eval_preflight, train_preflight
-
-    paths = _paths(args)
-    model = Path(args.model) if args.model else None
-    if args.part == "train":
-        if not args.train:
-            raise SystemExit("layerbench preflight --part train needs --train")
-        train_preflight(paths.study, model, Path(args.train), paths.results)
-    else:
-        eval_preflight(paths.study, model, paths.results)
-
-
-def cmd_check_arms(args) -> None:
-    from layerbench.stages.checks import run_audits
-
-    paths = _paths(args)
-    runs = {(a.name, s): paths.run_dir(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
-    run_audits(paths.base_model, runs, paths.results)
-
-
-def cmd_check_repro(args) -> None:
-    from layerbench.config import Arm
-    from layerbench.stages.checks import write_repro
-
-    print(write_repro(Arm.parse(args.arm), args.seed, Path(args.original), Path(args.rerun), Path(args.out)))
-
-
-def cmd_collect(args) -> None:
-    from layerbench.stages.collect import collect
-
-    collect(_paths(args))
-
-
-def cmd_track(args) -> None:
-    from layerbench.stages.track import track_study
-
-    print(track_study(_paths(args)))
-
-
-def cmd_report(args) -> None:
-    from layerbench.stages.report import render_study_report
-
-    render_study_report(_paths(args), Path(args.out))
-
-
-def cmd_timing(args) -> None:
-    from layerbench.runtime.timing import record
-
-    record(Path(args.results), args.event)
-
-
+# --- user commands --------------------------------------------------------------
 def cmd_contribution(args) -> int:
     from layerbench.commands.contribution import contribution_command
 
@@ -158,23 +40,13 @@ def cmd_audit(args) -> int:
 
 
 def cmd_check_limits(args) -> int:
-    """The preflight of a study config before anything exists: no model, no
-    data, no network. Context from ``model.context_length``; prompts unmeasured."""
-    import tempfile
+    from layerbench.stages.preflight import check_limits
 
-    from layerbench.config import load_study
-    from layerbench.stages.preflight import run_preflight
-
-    study = load_study(args.config)
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp) / "train.jsonl"
-        empty.write_text("")
-        run_preflight(study, None, empty, Path(args.out) if args.out else Path(tmp) / "out")
-    return 0
+    return check_limits(Path(args.config), Path(args.out) if args.out else None)
 
 
 def cmd_compare(args) -> int:
-    from layerbench.stages.report import compare_command
+    from layerbench.stages.report.compare import compare_command
 
     return compare_command(Path(args.study_a), Path(args.study_b), Path(args.o) if args.o else None, args.force)
 
@@ -186,11 +58,115 @@ def cmd_readme_table(args) -> int:
                                 Path(args.write) if args.write else None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerbench", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"layerbench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+# --- stage commands -------------------------------------------------------------
+def stage_download(args) -> None:
+    from layerbench.stages import download
 
+    if args.what == "benchmark":
+        print(download.export_benchmark(args.name, Path(args.out)))
+        return
+    study = _paths(args).study
+    if args.what == "model":
+        print(download.download_model(study.model, Path(args.out)))
+    elif args.what == "data":
+        print(download.draw_sample(study.data.hub, Path(args.out)))
+    else:
+        print(download.cache_eval_tasks(study.eval.suites, Path(args.out)))
+
+
+def stage_data(args) -> None:
+    from layerbench.stages.data import write_hub_splits, write_splits
+
+    study = _paths(args).study
+    if study.data_source == "hub":
+        write_hub_splits(study.data.hub, Path(args.sample), Path(args.train), Path(args.test))
+    else:
+        write_splits(study.task_spec, Path(args.train), Path(args.test), Path(args.sft))
+
+
+def stage_model(args) -> None:
+    from layerbench.stages.model import build_base_model
+
+    print(build_base_model(Path(args.sft), Path(args.out), _paths(args).study.model_spec))
+
+
+def stage_preflight(args) -> None:
+    from layerbench.stages.preflight import eval_preflight, train_preflight
+
+    study = _paths(args).study
+    if args.part == "train":
+        train_preflight(study, Path(args.model), Path(args.train), Path(args.out), Path(args.kept))
+    else:
+        eval_preflight(study, Path(args.model), Path(args.train_checks), Path(args.out))
+
+
+def stage_train(args) -> None:
+    from layerbench.config import Arm
+    from layerbench.paths import RunFolder
+    from layerbench.stages.train import train_arm
+
+    study = _paths(args).study
+    arm = Arm.parse(args.arm)
+    print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
+                    study.limits.max_completion_tokens, RunFolder(Path(args.out)),
+                    max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier))
+
+
+def stage_evaluate(args) -> None:
+    from layerbench.paths import EvalFolder, RunFolder
+    from layerbench.stages.evaluate import evaluate_model
+
+    study = _paths(args).study
+    model = Path(args.model)
+    if RunFolder(model).checkpoint.is_dir():  # a trained arm: its run folder
+        model = RunFolder(model).checkpoint
+    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, EvalFolder(Path(args.out)),
+                         context_length=study.model.context_length))
+
+
+def stage_checks(args) -> None:
+    from layerbench.config import Arm
+    from layerbench.paths import RunFolder
+    from layerbench.stages.checks import run_audits, write_repro
+
+    if args.what == "repro":
+        print(write_repro(Arm.parse(args.arm), args.seed, RunFolder(Path(args.original)),
+                          RunFolder(Path(args.rerun)), Path(args.out)))
+        return
+    paths = _paths(args)
+    runs = {(a.name, s): paths.run(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
+    run_audits(paths.base_model, runs, Path(args.pairing), Path(args.audit), Path(args.checks))
+
+
+def stage_collect(args) -> None:
+    from layerbench.stages.collect import collect
+
+    collect(_paths(args), **{name: Path(getattr(args, name)) for name in COLLECT_OUTPUTS})
+
+
+def stage_track(args) -> None:
+    from layerbench.stages.track import track_study
+
+    print(track_study(_paths(args), Path(args.out)))
+
+
+def stage_report(args) -> None:
+    from layerbench.stages.report import render_study_report
+
+    render_study_report(_paths(args), Path(args.out))
+
+
+def stage_timing(args) -> None:
+    from layerbench.runtime.timing import record
+
+    record(Path(args.wall_time), args.event)
+
+
+COLLECT_OUTPUTS = ("scores", "contributions", "training", "decomposition", "ranking", "provenance", "timings",
+                   "samples", "verdicts")
+
+
+def _user_commands(sub) -> None:
     p = sub.add_parser("contribution", help="C(k) with CIs from a CSV with columns arm,seed,score")
     p.add_argument("scores")
     p.add_argument("--csv", help="also write arm,C,ci_low,ci_high to this file")
@@ -209,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also keep preflight.json/.md in this folder")
     p.set_defaults(func=cmd_check_limits)
 
+    p = sub.add_parser("compare", help="one report page for two studies side by side")
+    p.add_argument("study_a", help="results/<study>/ folder")
+    p.add_argument("study_b", help="results/<study>/ folder")
+    p.add_argument("-o", help="output HTML (default: reports/compare-<a>-<b>/index.html)")
+    p.add_argument("--force", action="store_true", help="render even when the studies are not comparable")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("readme-table",
                        help="the README's results block from a study's tables (print, --check, --write)")
     p.add_argument("results", help="results/<study>/ folder")
@@ -217,56 +200,72 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--write", metavar="README", help="replace README's results block")
     p.set_defaults(func=cmd_readme_table)
 
-    p = sub.add_parser("compare", help="one report page for two studies side by side")
-    p.add_argument("study_a", help="results/<study>/ folder")
-    p.add_argument("study_b", help="results/<study>/ folder")
-    p.add_argument("-o", help="output HTML (default: reports/compare-<a>-<b>/index.html)")
-    p.add_argument("--force", action="store_true", help="render even when the studies are not comparable")
-    p.set_defaults(func=cmd_compare)
 
-    def stage(name, func, help, *extra):
+def _stage_commands(sub) -> None:
+    def stage(name, func, help, *args):
         p = sub.add_parser(name, help=help)
         p.add_argument("--study", required=True, help="results/<study>/study.yaml")
-        for flag, kw in extra:
+        for flag, kw in args:
             p.add_argument(flag, **kw)
         p.set_defaults(func=func)
+        return p
 
-    stage("data", cmd_data, "stage: generate the synthetic task", ("--out", {"required": True}))
-    stage("prepare-data", cmd_prepare_data, "stage: draw the training sample from a Hub dataset (data.source hub)",
-          ("--out", {"required": True}))
-    stage("prepare-model", cmd_prepare_model, "stage: snapshot-download the Hub base model (model.source hub)",
-          ("--out", {"required": True}))
-    stage("prepare-eval-tasks", cmd_prepare_eval_tasks, "stage: download and build the study's lm-eval Hub tasks",
-          ("--out", {"required": True}))
-    p = sub.add_parser("export-benchmark", help="write a local eval task's data (benchmarks/README.md) from the Hub")
-    p.add_argument("name", help="amc or olympiadbench")
-    p.add_argument("--out", required=True, help="jsonl to write, e.g. results/benchmarks/amc.jsonl")
-    p.set_defaults(func=cmd_export_benchmark)
-    stage("build-model", cmd_build_model, "stage: train the tiny base model",
-          ("--sft", {"required": True}), ("--out", {"required": True}))
-    stage("train", cmd_train, "stage: RL for one (arm, seed)",
-          ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
-          ("--base", {"required": True}), ("--train", {"required": True}), ("--out", {"required": True}))
-    stage("evaluate", cmd_evaluate, "stage: lm-eval a model at every budget",
-          ("--model", {"required": True}), ("--seed", {"type": int, "required": True}),
-          ("--out", {"required": True}))
-    stage("preflight", cmd_preflight, "stage: check every token limit before training (--part train) "
-                                      "and before evaluation (--part eval)",
-          ("--part", {"choices": ("train", "eval"), "required": True}),
-          ("--model", {"help": "model directory (omit when it is not available offline)"}),
-          ("--train", {"help": "training prompts (--part train)"}))
-    stage("check-arms", cmd_check_arms, "stage: pairing check and parameter audit")
-    stage("check-repro", cmd_check_repro, "stage: compare a re-run with the original run",
-          ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
-          ("--original", {"required": True}), ("--rerun", {"required": True}), ("--out", {"required": True}))
-    stage("collect", cmd_collect, "stage: tidy tables")
-    stage("track", cmd_track, "stage: log the study to MLflow")
-    stage("report", cmd_report, "stage: render the HTML report", ("--out", {"required": True}))
+    out = ("--out", {"required": True})
+    p = sub.add_parser("download", help="Hub downloads: model, data sample, lm-eval tasks, benchmark problems")
+    what = p.add_subparsers(dest="what", required=True)
+    for name, help in (("model", "snapshot of model.id at model.revision"), ("data", "seeded sample of data.hub"),
+                       ("eval-tasks", "build (and cache) the study's lm-eval Hub tasks")):
+        q = what.add_parser(name, help=help)
+        q.add_argument("--study", required=True, help="results/<study>/study.yaml")
+        q.add_argument("--out", required=True)
+        q.set_defaults(func=stage_download)
+    q = what.add_parser("benchmark", help="a local eval task's problems (benchmarks/README.md)")
+    q.add_argument("name", help="amc or olympiadbench")
+    q.add_argument("--out", required=True, help="jsonl to write, e.g. results/benchmarks/amc.jsonl")
+    q.set_defaults(func=stage_download)
 
-    p = sub.add_parser("timing", help="stage: record a study's wall time")
+    stage("data", stage_data, "train/test splits (and SFT demonstrations of the synthetic task)",
+          ("--sample", {"help": "downloaded Hub sample (data.source hub)"}), ("--train", {"required": True}),
+          ("--test", {"required": True}), ("--sft", {"help": "SFT demonstrations (data.source synthetic)"}))
+    stage("model", stage_model, "train the tiny base model", ("--sft", {"required": True}), out)
+    stage("preflight", stage_preflight, "check every token limit before the compute that depends on it",
+              ("part", {"choices": ("train", "eval")}), ("--model", {"required": True}), out,
+              ("--train", {"help": "training prompts (train)"}),
+              ("--kept", {"help": "the prompts that pass the prompt policy (train)"}),
+              ("--train-checks", {"help": "preflight_train.json (eval)"}))
+    stage("train", stage_train, "RL for one (arm, seed)",
+          ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
+          ("--base", {"required": True}), ("--train", {"required": True}), out)
+    stage("evaluate", stage_evaluate, "lm-eval a model at every budget",
+          ("--model", {"required": True}), ("--seed", {"type": int, "required": True}), out)
+    p = sub.add_parser("checks", help="pairing check and parameter audit (arms), or a re-run's comparison (repro)")
+    what = p.add_subparsers(dest="what", required=True)
+    q = what.add_parser("arms", help="pairing check and parameter audit of every run")
+    for flag in ("--study", "--pairing", "--audit", "--checks"):
+        q.add_argument(flag, required=True)
+    q.set_defaults(func=stage_checks)
+    q = what.add_parser("repro", help="compare a re-run with the original run")
+    for flag in ("--study", "--arm", "--original", "--rerun", "--out"):
+        q.add_argument(flag, required=True)
+    q.add_argument("--seed", type=int, required=True)
+    q.set_defaults(func=stage_checks)
+    stage("collect", stage_collect, "tidy tables, verdicts, sample browser, provenance",
+          *((f"--{name}", {"required": True}) for name in COLLECT_OUTPUTS))
+    stage("track", stage_track, "log the study to MLflow", out)
+    stage("report", stage_report, "render the HTML report", out)
+    p = sub.add_parser("timing", help="record a study's wall time (Snakemake's onstart/onsuccess)")
     p.add_argument("event", choices=["start", "finish"])
-    p.add_argument("results")
-    p.set_defaults(func=cmd_timing)
+    p.add_argument("wall_time", help="results/<study>/wall_time.json")
+    p.set_defaults(func=stage_timing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"layerbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _user_commands(sub)
+    stages = sub.add_parser("stage", help="the DAG's stage commands (run by workflow/rules/*.smk)")
+    _stage_commands(stages.add_subparsers(dest="stage", required=True, metavar="STAGE"))
     return parser
 
 

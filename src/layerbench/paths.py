@@ -80,6 +80,11 @@ class ModelFolder:
         return self.path / "config.json"
 
     @property
+    def tokenizer(self) -> Path:
+        """The fast tokenizer (``tokenizers`` alone can decode with it)."""
+        return self.path / "tokenizer.json"
+
+    @property
     def tokenizer_config(self) -> Path:
         return self.path / "tokenizer_config.json"
 
@@ -139,16 +144,26 @@ class StudyPaths:
 
     @property
     def base_model(self) -> Path:
-        if self.study.model["source"] == "path":
-            return Path(self.study.model["id"])
+        if self.study.model.source == "path":
+            return Path(self.study.model.id)
         return self.results / "base_model"
 
+    @property
+    def run_pattern(self) -> str:
+        """A training run's folder, with the rule wildcards ``runs`` (``runs``,
+        or ``repro`` for the from-scratch re-run), ``arm`` (path form) and ``seed``."""
+        return str(self.results / "{runs}" / "{arm}" / "seed{seed}")
+
+    @property
+    def eval_pattern(self) -> str:
+        """An evaluation's folder, with the rule wildcards ``arm`` and ``seed``."""
+        return str(self.results / "eval" / "{arm}" / "seed{seed}")
+
     def run(self, arm: Arm, seed: int, runs: str = "runs") -> RunFolder:
-        """One training run; ``runs="repro"`` is the from-scratch re-run."""
-        return RunFolder(self.results / runs / arm.slug / f"seed{seed}")
+        return RunFolder(Path(self.run_pattern.format(runs=runs, arm=arm.slug, seed=seed)))
 
     def eval(self, arm: Arm, seed: int) -> EvalFolder:
-        return EvalFolder(self.results / "eval" / arm.slug / f"seed{seed}")
+        return EvalFolder(Path(self.eval_pattern.format(arm=arm.slug, seed=seed)))
 
     def model_for(self, arm: str | Arm, seed: int | str) -> Path:
         """The model an eval job reads: the base model, or the arm's checkpoint."""

@@ -1,36 +1,46 @@
-rule check_arms:
-    """Pairing check (same first rollouts within a seed) and parameter audit."""
+# Stage checks: is the comparison fair? Module: layerbench.stages.checks.
+#   checks        pairing (same first rollouts within a seed, different across
+#                 seeds) and the parameter audit (a layer arm moves its layers
+#                 and nothing else); verdicts in checks.json, a violation fails.
+#   checks_repro  re-runs one (arm, seed) from scratch (repro.arm, repro.seed)
+#                 and compares it with the original: bitwise on CPU.
+
+
+rule checks:
+    """Pairing check and parameter audit of every run."""
     input:
         image=IMAGE,
-        model=S.base_model,
-        runs=S.all_runs(),
+        model=P.base_model,
+        runs=P.all_runs(),
     output:
-        pairing=S.results / "pairing.csv",
-        audit=S.results / "param_audit.csv",
+        pairing=P.pairing,
+        audit=P.param_audit,
+        checks=P.checks,
     params:
         lb=LB_JOB,
-        study=S.study_file,
+        study=P.study_file,
     log:
-        S.logs / "check_arms.log",
+        P.logs / "checks.log",
     shell:
-        "{params.lb} check-arms --study {params.study} > {log} 2>&1"
+        "{params.lb} stage checks arms --study {params.study} --pairing {output.pairing} "
+        "--audit {output.audit} --checks {output.checks} > {log} 2>&1"
 
 
-rule repro:
+rule checks_repro:
     """Re-run one (arm, seed) from scratch and compare it with the original run."""
     input:
         image=IMAGE,
-        original=S.run_dir(S.repro_arm, S.repro_seed),
-        rerun=S.results / "repro" / S.repro_arm.slug / f"seed{S.repro_seed}",
+        original=P.run(STUDY.repro_arm, STUDY.repro_seed).path,
+        rerun=P.run(STUDY.repro_arm, STUDY.repro_seed, runs="repro").path,
     output:
-        S.results / "repro.json",
+        P.repro,
     params:
         lb=LB_JOB,
-        study=S.study_file,
-        arm=S.repro_arm.name,
-        seed=S.repro_seed,
+        study=P.study_file,
+        arm=STUDY.repro_arm.name,
+        seed=STUDY.repro_seed,
     log:
-        S.logs / "repro.log",
+        P.logs / "checks_repro.log",
     shell:
-        "{params.lb} check-repro --study {params.study} --arm {params.arm} --seed {params.seed} "
+        "{params.lb} stage checks repro --study {params.study} --arm {params.arm} --seed {params.seed} "
         "--original {input.original} --rerun {input.rerun} --out {output} > {log} 2>&1"

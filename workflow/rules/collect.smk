@@ -1,23 +1,33 @@
+# Stage collect: every run and evaluation into tidy tables, plus what the report
+# decides once (verdicts) and shows (sample browser, provenance, timings).
+# Module: layerbench.stages.collect.
+
+
 rule collect:
-    """Tidy tables: scores, contributions, training metrics, per-job timings."""
+    """Tidy tables: scores, contributions, truncation audit, training metrics, timings."""
     input:
         image=IMAGE,
-        runs=S.all_runs(),
-        evals=S.all_evals(),
-        pairing=rules.check_arms.output.pairing,
-        preflight=rules.preflight.output.report,
+        runs=P.all_runs(),
+        evals=P.all_evals(),
+        checks=rules.checks.output.checks,
+        preflight=rules.preflight_eval.output,
     output:
-        scores=report(S.scores, category="Scores", caption="../report/scores.rst"),
-        contributions=report(S.contributions, category="Scores", caption="../report/contributions.rst"),
-        training=S.results / "training_metrics.csv",
-        decomposition=S.results / "decomposition.csv",
-        ranking=S.results / "ranking_correlation.csv",
-        provenance=S.results / "provenance.json",
-        timings=S.results / "timings.csv",
+        scores=report(P.scores, category="Scores", caption="../report/scores.rst"),
+        contributions=report(P.contributions, category="Scores", caption="../report/contributions.rst"),
+        training=P.training_metrics,
+        decomposition=P.decomposition,
+        ranking=P.ranking,
+        provenance=P.provenance,
+        timings=P.timings,
+        samples=P.samples,
+        verdicts=P.verdicts,
     params:
         lb=LB_JOB,
-        study=S.study_file,
+        study=P.study_file,
     log:
-        S.logs / "collect.log",
+        P.logs / "collect.log",
     shell:
-        "{params.lb} collect --study {params.study} > {log} 2>&1"
+        "{params.lb} stage collect --study {params.study} --scores {output.scores} "
+        "--contributions {output.contributions} --training {output.training} "
+        "--decomposition {output.decomposition} --ranking {output.ranking} --provenance {output.provenance} "
+        "--timings {output.timings} --samples {output.samples} --verdicts {output.verdicts} > {log} 2>&1"

@@ -1,13 +1,13 @@
-# Study images: where study jobs run, from the study's `runtime` key.
+# Stage container: where study jobs run, from the study's `runtime` key.
 # Include before the stage rules (the apptainer `container:` below applies to
 # rules defined after it). Logic lives in layerbench.runtime.containers.
 #
 #   runtime: none       LB_JOB is the host's Python; IMAGE is empty.
-#   runtime: docker     rule build_image builds layerbench:<tag> once (tag = hash
+#   runtime: docker     rule container_image builds layerbench:<tag> once (tag = hash
 #                       of containers/Dockerfile, the locks, flavour and base) and
 #                       records it in results/containers/<tag>.json; every job
 #                       waits for that file and runs through `docker run`.
-#   runtime: apptainer  rule apptainer_image also converts the image to
+#   runtime: apptainer  rule container_sif also converts the image to
 #                       results/containers/<tag>.sif (needs docker and apptainer
 #                       on one machine, or a .sif copied there); jobs run in it
 #                       through Snakemake's own --sdm apptainer
@@ -22,8 +22,8 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from layerbench.runtime import containers as lb_containers
 
-CONTAINER = lb_containers.plan(S.study.runtime, S.root, repo=workflow.basedir)
-LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} data --study ..."
+CONTAINER = lb_containers.plan(STUDY.runtime, P.root, repo=workflow.basedir)
+LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} stage data --study ..."
 IMAGE = CONTAINER.inputs  # stage rules: input: image=IMAGE
 
 USING_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
@@ -41,9 +41,9 @@ if USING_APPTAINER and CONTAINER.runtime != "apptainer":
 if CONTAINER.runtime != "none":
 
     localrules:
-        build_image,
+        container_image,
 
-    rule build_image:
+    rule container_image:
         """Build the study image unless layerbench:<tag> exists; record its id and labels."""
         input:
             dockerfile=CONTAINER.dockerfile,
@@ -64,9 +64,9 @@ if CONTAINER.runtime != "none":
 if CONTAINER.runtime == "apptainer":
 
     localrules:
-        apptainer_image,
+        container_sif,
 
-    rule apptainer_image:
+    rule container_sif:
         """The study image as a .sif for --sdm apptainer (UNVERIFIED: no apptainer here)."""
         input:
             CONTAINER.image_json,

@@ -1,40 +1,25 @@
-if S.study.data_source == "hub":
-
-    localrules:
-        prepare_data,
-
-    rule prepare_data:
-        """Draw the training sample from the Hub dataset (data.hub): seeded shuffle, answers extracted.
-        Needs network (or the HF cache); a localrule, so on SLURM it runs where Snakemake runs."""
-        input:
-            image=IMAGE,
-        output:
-            sample=S.hub_sample,
-            info=S.data / "hub_sample.json",
-        params:
-            lb=LB_JOB,
-            study=S.study_file,
-            fingerprint=S.fingerprint("data"),
-        log:
-            S.logs / "prepare_data.log",
-        shell:
-            "{params.lb} prepare-data --study {params.study} --out {output.sample} > {log} 2>&1"
+# Stage data: train/test splits in the {prompt, answer} format every later stage
+# reads. Module: layerbench.stages.data.
 
 
-rule make_data:
-    """Train/test splits in the {prompt, answer} format every later stage reads: the synthetic
-    arithmetic task (with SFT demonstrations), or prompts built from the drawn Hub sample."""
+rule data:
+    """The synthetic arithmetic task (with SFT demonstrations for the tiny model),
+    or prompts built from the downloaded Hub sample."""
     input:
         image=IMAGE,
-        **S.data_inputs(),
+        **({"sample": P.hub_sample} if STUDY.data_source == "hub" else {}),
     output:
-        **S.data_outputs(),
+        train=P.train_data,
+        test=P.test_data,
+        **({"sft": P.sft_data} if STUDY.data_source == "synthetic" else {}),
     params:
         lb=LB_JOB,
-        study=S.study_file,
-        out=S.data,
-        fingerprint=S.fingerprint("data"),
+        study=P.study_file,
+        sample=f"--sample {P.hub_sample}" if STUDY.data_source == "hub" else "",
+        sft=f"--sft {P.sft_data}" if STUDY.data_source == "synthetic" else "",
+        fingerprint=R.fingerprint("data"),
     log:
-        S.logs / "make_data.log",
+        P.logs / "data.log",
     shell:
-        "{params.lb} data --study {params.study} --out {params.out} > {log} 2>&1"
+        "{params.lb} stage data --study {params.study} {params.sample} --train {output.train} "
+        "--test {output.test} {params.sft} > {log} 2>&1"

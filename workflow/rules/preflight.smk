@@ -1,47 +1,59 @@
+# Stage preflight: every token limit, checked with the real tokenizer before the
+# compute that depends on it. Module: layerbench.stages.preflight.
+# A GPU study's preflight builds lm-eval's tasks (network), so there it is a
+# localrule: on SLURM it runs where Snakemake runs.
+
+if STUDY.gpus:
+
+    localrules:
+        preflight_train,
+        preflight_eval,
+
+
 rule preflight_train:
-    """The token limits training depends on (prompt cap and policy, prompt +
-    completion cap vs the context), checked with the real tokenizer before any
-    training. A rule of its own, fingerprinting only what it reads, so that an
-    eval-only edit never retrains."""
+    """The limits training depends on (prompt cap and policy, prompt + completion
+    cap vs the context), before any training. A rule of its own, fingerprinting
+    only what it reads, so that an eval-only edit never retrains."""
     input:
         image=IMAGE,
-        model=S.base_model,
-        train=rules.make_data.output.train,
+        model=P.base_model,
+        train=rules.data.output.train,
     output:
-        checks=S.results / "preflight_train.json",
-        train=S.results / "train_checked.jsonl",
+        checks=P.preflight_train,
+        train=P.train_checked,
     params:
         lb=LB_JOB,
-        study=S.study_file,
-        fingerprint=S.train_preflight_fingerprint(),
+        study=P.study_file,
+        fingerprint=R.train_preflight_fingerprint(),
     log:
-        S.logs / "preflight_train.log",
+        P.logs / "preflight_train.log",
     shell:
-        "{params.lb} preflight --part train --study {params.study} --model {input.model} "
-        "--train {input.train} > {log} 2>&1"
+        "{params.lb} stage preflight train --study {params.study} --model {input.model} "
+        "--train {input.train} --out {output.checks} --kept {output.train} > {log} 2>&1"
 
 
-rule preflight:
-    """The evaluation limits (every eval context as lm-eval builds it + the
-    largest budget vs the context, budgets vs the training cap), before any
-    evaluation; preflight.json is the whole table, training checks first."""
+rule preflight_eval:
+    """The evaluation limits (every eval context as lm-eval builds it + the largest
+    budget vs the context, budgets vs the training cap), before any evaluation;
+    preflight.json is the whole table, training checks first."""
     input:
         image=IMAGE,
-        model=S.base_model,
-        test=rules.make_data.output.test,
+        model=P.base_model,
+        test=rules.data.output.test,
         train_checks=rules.preflight_train.output.checks,
-        **S.eval_data_inputs(),
-        **S.eval_task_inputs(),
+        **P.eval_data_inputs(),
+        **P.eval_task_inputs(),
     output:
-        report=report(S.results / "preflight.json", category="Checks", caption="../report/preflight.rst"),
+        report(P.preflight, category="Checks", caption="../report/preflight.rst"),
     params:
         lb=LB_JOB,
-        study=S.study_file,
-        fingerprint=S.fingerprint("limits", "eval"),
+        study=P.study_file,
+        fingerprint=R.fingerprint("limits", "eval"),
     # ready together with the first training jobs: run it first, so a bad eval
     # limit stops the study before most of the training is spent
     priority: 10
     log:
-        S.logs / "preflight.log",
+        P.logs / "preflight_eval.log",
     shell:
-        "{params.lb} preflight --part eval --study {params.study} --model {input.model} > {log} 2>&1"
+        "{params.lb} stage preflight eval --study {params.study} --model {input.model} "
+        "--train-checks {input.train_checks} --out {output} > {log} 2>&1"

@@ -1,22 +1,20 @@
+# Stage report: one self-contained HTML page under reports/<study>/, rendered
+# from collect's and the checks' outputs only. Module: layerbench.stages.report.
+
+
 rule report:
-    """The self-contained HTML comparison report under reports/<study>/."""
+    """The HTML comparison report."""
     input:
         image=IMAGE,
-        scores=S.scores,
-        contributions=S.contributions,
-        training=rules.collect.output.training,
-        decomposition=rules.collect.output.decomposition,
-        ranking=rules.collect.output.ranking,
-        provenance=rules.collect.output.provenance,
-        preflight=rules.preflight.output.report,
-        pairing=rules.check_arms.output.pairing,
-        audit=rules.check_arms.output.audit,
+        collected=rules.collect.output,
+        checks=rules.checks.output,
+        preflight=rules.preflight_eval.output,
     output:
-        report(S.report, category="Report", caption="../report/index.rst"),
+        report(P.report, category="Report", caption="../report/index.rst"),
     params:
         lb=LB_JOB,
-        study=S.study_file,
+        study=P.study_file,
     log:
-        S.logs / "report.log",
+        P.logs / "report.log",
     shell:
-        "{params.lb} report --study {params.study} --out {output} > {log} 2>&1"
+        "{params.lb} stage report --study {params.study} --out {output} > {log} 2>&1"

@@ -1,16 +1,21 @@
+# Stage track: the study in MLflow (tracking.uri), logged only once complete.
+# Module: layerbench.stages.track.
+
+
 rule track:
-    """Log the study to MLflow: one parent run, a child run per (arm, seed)."""
+    """One parent run per invocation, a child run per (arm, seed)."""
     input:
         image=IMAGE,
-        scores=S.scores,
-        contributions=S.contributions,
+        scores=rules.collect.output.scores,
+        contributions=rules.collect.output.contributions,
         training=rules.collect.output.training,
+        provenance=rules.collect.output.provenance,
     output:
-        S.mlflow,
+        P.mlflow,
     params:
         lb=LB_JOB,
-        study=S.study_file,
+        study=P.study_file,
     log:
-        S.logs / "track.log",
+        P.logs / "track.log",
     shell:
-        "{params.lb} track --study {params.study} > {log} 2>&1"
+        "{params.lb} stage track --study {params.study} --out {output} > {log} 2>&1"

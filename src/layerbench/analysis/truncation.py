@@ -17,34 +17,34 @@ from collections import defaultdict
 
 import numpy as np
 
-from layerbench.runtime.io import read_csv
+from layerbench.analysis.per_sample import PerSampleTable
 from layerbench.analysis.stats import spearman
+from layerbench.config import Study
 
 DECOMPOSITION_COLUMNS = ["arm", "budget", "n", "base_accuracy", "arm_accuracy", "gain", "now_right_was_truncated",
                          "now_right_was_wrong_finished", "lost", "finished_share_base", "finished_share_arm"]
 RANKING_COLUMNS = ["budget_a", "budget_b", "spearman", "n_layers"]
 
 
-def per_sample(paths) -> dict:
-    """{(arm, seed, budget): {(task, doc_id, repeat): (correct, truncated)}}"""
+def outcomes(per_sample: PerSampleTable) -> dict:
+    """{(arm, seed, budget): {(task, doc_id, repeat): (solved, truncated)}}"""
     table: dict = defaultdict(dict)
-    for arm in paths.study.arms:
-        for seed in paths.study.seeds:
-            for r in read_csv(paths.eval_dir(arm, seed) / "per_sample.csv"):
-                key = (r["task"], r["doc_id"], r["repeat"])
-                table[(arm.name, seed, int(r["budget"]))][key] = (float(r["correct"]) >= 0.5, r["truncated"] == "1")
+    for (arm, seed), rows in per_sample.items():
+        for r in rows:
+            table[(arm, seed, r.budget)][r.problem] = (r.solved, r.truncated)
     return table
 
 
-def decomposition_rows(paths) -> list[dict]:
-    table = per_sample(paths)
+def decomposition_rows(study: Study, per_sample: PerSampleTable) -> list[dict]:
+    """One row per trained arm and budget."""
+    table = outcomes(per_sample)
     rows = []
-    for arm in paths.study.arms:
+    for arm in study.arms:
         if arm.kind == "base":
             continue
-        for budget in paths.study.limits.eval_budgets:
+        for budget in study.limits.eval_budgets:
             counts = defaultdict(list)
-            for seed in paths.study.seeds:
+            for seed in study.seeds:
                 base, mine = table[("base", seed, budget)], table[(arm.name, seed, budget)]
                 c = defaultdict(int)
                 for key, (b_right, b_trunc) in base.items():

@@ -4,7 +4,7 @@ Snakemake counts GPUs (rules declare ``resources: gpu=1``; run with
 ``--resources gpu=N``) but does not say *which* GPU a job gets. GPU rules of
 a study with ``resources.gpu`` run their command through this wrapper::
 
-    python -m layerbench.runtime.gpuslots --gpus 1 -- python -m layerbench train ...
+    python -m layerbench.runtime.gpuslots --gpus 1 -- python -m layerbench stage train ...
 
 It picks the GPUs for the job and ``exec``s the command with
 ``CUDA_VISIBLE_DEVICES`` set to them:

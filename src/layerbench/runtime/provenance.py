@@ -84,8 +84,8 @@ def numerics(paths: StudyPaths) -> dict:
 
     study = paths.study
     threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
-    if study.model["source"] == "build":
-        threads["build_base_model"] = study.model_spec.threads
+    if study.model.source == "build":
+        threads["model"] = study.model_spec.threads
     return describe() | {"threads": threads}
 
 
@@ -107,11 +107,11 @@ def provenance(paths: StudyPaths) -> dict:
     }
 
 
-def write_provenance(paths: StudyPaths) -> dict:
+def write_provenance(paths: StudyPaths, out: Path) -> dict:
     from layerbench.runtime.io import atomic_write_json
 
     record = provenance(paths) | {"config": study_resolved(paths)}
-    atomic_write_json(paths.results / "provenance.json", record)
+    atomic_write_json(out, record)
     return record
 
 

@@ -8,6 +8,10 @@
   model part by part; a ``layer:K`` arm may change layer K and nothing else.
 * Re-run check: one (arm, seed) is trained again from scratch and compared
   with the original, per-step metrics and final weights, bitwise.
+
+``run_audits`` writes the two tables and ``checks.json``, their verdicts as
+the report shows them (per-seed hashes, the arm x part matrix, every
+problem), so the report never runs a check itself.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from layerbench.analysis.verdicts import arm_sort_key, number
 from layerbench.config import Arm
+from layerbench.paths import RunFolder
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
@@ -29,10 +35,10 @@ class IntegrityError(RuntimeError):
     """The arms are not a fair comparison; the message says which and why."""
 
 
-def pairing_rows(runs: dict[tuple[str, int], Path]) -> list[dict]:
+def pairing_rows(runs: dict[tuple[str, int], RunFolder]) -> list[dict]:
     rows = []
-    for (arm, seed), run_dir in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        summary = json.loads((run_dir / "summary.json").read_text())
+    for (arm, seed), run in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        summary = json.loads(run.summary.read_text())
         rows.append({"seed": seed, "arm": arm, "step0_rollout_sha256": summary["step0_rollout_sha256"]})
     return rows
 
@@ -40,6 +46,10 @@ def pairing_rows(runs: dict[tuple[str, int], Path]) -> list[dict]:
 def check_pairing(rows: list[dict]) -> None:
     """Raise naming the arms whose first rollouts differ from the rest of
     their seed, and the seeds that share rollouts."""
+    _raise("pairing check", pairing_problems(rows))
+
+
+def pairing_problems(rows: list[dict]) -> list[str]:
     by_seed: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_seed[int(row["seed"])][row["step0_rollout_sha256"]].append(row["arm"])
@@ -58,8 +68,12 @@ def check_pairing(rows: list[dict]) -> None:
         if digest in seen:
             problems.append(f"seeds {seen[digest]} and {seed} produced identical first rollouts: the seed is not used")
         seen[digest] = seed
+    return problems
+
+
+def _raise(check: str, problems: list[str]) -> None:
     if problems:
-        raise IntegrityError("pairing check failed:\n  " + "\n  ".join(problems))
+        raise IntegrityError(f"{check} failed:\n  " + "\n  ".join(problems))
 
 
 def model_parts(state: dict) -> dict[str, list[str]]:
@@ -99,7 +113,7 @@ def audit_parameters(base_dir: Path, checkpoint_dir: Path) -> list[dict]:
     if set(base) != set(tuned):
         raise IntegrityError(f"{checkpoint_dir}: parameter names differ from the base model's")
     rows = []
-    for part, names in sorted(model_parts(base).items(), key=lambda kv: _part_order(kv[0])):
+    for part, names in sorted(model_parts(base).items(), key=lambda kv: part_order(kv[0])):
         delta = sum(float((tuned[n].double() - base[n].double()).pow(2).sum()) for n in names)
         norm = sum(float(base[n].double().pow(2).sum()) for n in names)
         changed = any(not torch.equal(base[n], tuned[n]) for n in names)
@@ -107,15 +121,21 @@ def audit_parameters(base_dir: Path, checkpoint_dir: Path) -> list[dict]:
     return rows
 
 
-def _part_order(part: str):
+def part_order(part: str):
+    """embed, layers by index, final_norm, lm_head, anything else."""
     if part.startswith("layers."):
         return (1, int(part.split(".")[1]))
     return ({"embed": 0, "final_norm": 2, "lm_head": 3}.get(part, 4), 0)
 
 
 def check_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
+    """Raise when a frozen part of ``arm`` changed or a trained part did not."""
+    _raise("parameter audit", audit_problems(arm, seed, rows))
+
+
+def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
     if arm.kind == "full":
-        return
+        return []
     allowed = {f"layers.{k}" for k in arm.layers}
     leaked = [r["part"] for r in rows if r["changed"] and r["part"] not in allowed]
     frozen = [p for p in sorted(allowed) if not any(r["part"] == p and r["changed"] for r in rows)]
@@ -124,40 +144,93 @@ def check_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
         problems.append(f"{arm.name} seed {seed}: frozen parts changed: {', '.join(leaked)}")
     if frozen:
         problems.append(f"{arm.name} seed {seed}: its trained part(s) did not change: {', '.join(frozen)}")
-    if problems:
-        raise IntegrityError("parameter audit failed:\n  " + "\n  ".join(problems))
+    return problems
 
 
-def run_audits(base_dir: Path, runs: dict[tuple[str, int], Path], out_dir: Path) -> None:
-    """Write ``pairing.csv`` and ``param_audit.csv``; raise on any violation
-    (after writing, so the tables show what went wrong)."""
-    pairing = pairing_rows(runs)
-    atomic_write_csv(out_dir / "pairing.csv", pairing, PAIRING_COLUMNS)
-    audit, errors = [], []
-    for (arm_name, seed), run_dir in sorted(runs.items()):
-        rows = audit_parameters(base_dir, run_dir / "checkpoint")
-        audit += [{"arm": arm_name, "seed": seed, **r, "rel_change": f"{r['rel_change']:.3e}"} for r in rows]
-        try:
-            check_audit(Arm.parse(arm_name), seed, rows)
-        except IntegrityError as exc:
-            errors.append(str(exc))
-    atomic_write_csv(out_dir / "param_audit.csv", audit, AUDIT_COLUMNS)
-    try:
-        check_pairing(pairing)
-    except IntegrityError as exc:
-        errors.append(str(exc))
-    if errors:
-        raise IntegrityError("\n".join(errors))
+def run_audits(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing: Path, audit: Path,
+               checks: Path) -> None:
+    """Audit every run's checkpoint against the base model and write the
+    results (``write_audits``); raise on any violation."""
+    audit_rows = []
+    for (arm, seed), run in sorted(runs.items()):
+        audit_rows += [{"arm": arm, "seed": seed, **r} for r in audit_parameters(base_model, run.checkpoint)]
+    write_audits(pairing_rows(runs), audit_rows, pairing, audit, checks)
 
 
-def compare_runs(original: Path, rerun: Path) -> dict:
+def write_audits(pairing_rows: list[dict], audit_rows: list[dict], pairing: Path, audit: Path,
+                 checks: Path) -> dict:
+    """Write the pairing table, the parameter audit (relative change to four
+    digits) and ``checks`` (their summaries); then raise on any violation, so
+    the files show what went wrong. Returns the summaries:
+
+    {"pairing": {"seeds": [{seed, arms, distinct, sha (first 16 hex of the
+    hash most arms share), odd: [arms]}], "rows", "problems", "ok"},
+     "param_audit": {"parts", "rows": [{arm, cells: [{changed, rel, status}
+    or None per part]}], "problems", "ok"}}"""
+    audit_rows = [{**r, "rel_change": f"{r['rel_change']:.3e}"} for r in audit_rows]
+    atomic_write_csv(pairing, pairing_rows, PAIRING_COLUMNS)
+    atomic_write_csv(audit, audit_rows, AUDIT_COLUMNS)
+    summary = {"pairing": pairing_summary(pairing_rows), "param_audit": audit_summary(audit_rows)}
+    atomic_write_json(checks, summary)
+    _raise("parameter audit", summary["param_audit"]["problems"])
+    _raise("pairing check", summary["pairing"]["problems"])
+    return summary
+
+
+def pairing_summary(rows: list[dict]) -> dict:
+    """Per seed: how many arms, how many distinct step-0 rollout hashes, the
+    arms off the majority's hash; the problems are ``pairing_problems``."""
+    by_seed = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_seed[int(r["seed"])][r["step0_rollout_sha256"]].append(r["arm"])
+    seeds = []
+    for seed, groups in sorted(by_seed.items()):
+        majority = max(groups, key=lambda h: len(groups[h]))
+        seeds.append({"seed": seed, "arms": sum(map(len, groups.values())), "distinct": len(groups),
+                      "sha": majority[:16], "odd": sorted((a for h, arms in groups.items() if h != majority
+                                                           for a in arms), key=arm_sort_key)})
+    problems = pairing_problems(rows)
+    return {"seeds": seeds, "problems": problems, "ok": not problems,
+            "rows": sorted(rows, key=lambda r: (int(r["seed"]), arm_sort_key(r["arm"])))}
+
+
+def audit_summary(rows: list[dict]) -> dict:
+    """Matrix arm x part: changed in any seed, largest relative change, and
+    "error" where that is not what the arm trains; the problems are
+    ``audit_problems`` of every run."""
+    parts = sorted({r["part"] for r in rows}, key=part_order)
+    cells, by_run = defaultdict(list), defaultdict(list)
+    for r in rows:
+        cells[(r["arm"], r["part"])].append(r)
+        by_run[(r["arm"], int(r["seed"]))].append(r)
+    problems = []
+    for (arm, seed), run_rows in sorted(by_run.items(), key=lambda kv: (arm_sort_key(kv[0][0]), kv[0][1])):
+        problems += audit_problems(Arm.parse(arm), seed, run_rows)
+    table = []
+    for arm in sorted({r["arm"] for r in rows}, key=arm_sort_key):
+        a = Arm.parse(arm)
+        row = []
+        for part in parts:
+            sel = cells.get((arm, part))
+            if not sel:
+                row.append(None)
+                continue
+            changed = any(r["changed"] for r in sel)
+            trained = a.kind == "full" or part in {f"layers.{k}" for k in a.layers or ()}
+            row.append({"changed": changed, "rel": max(number(r["rel_change"]) or 0.0 for r in sel),
+                        "status": "error" if a.kind != "full" and changed != trained else "ok"})
+        table.append({"arm": arm, "cells": row})
+    return {"parts": parts, "rows": table, "problems": problems, "ok": not problems}
+
+
+def compare_runs(original: RunFolder, rerun: RunFolder) -> dict:
     """Per-step metrics and final weights of two runs of the same (arm, seed)."""
     import torch
 
-    a, b = _load_state(original / "checkpoint"), _load_state(rerun / "checkpoint")
+    a, b = _load_state(original.checkpoint), _load_state(rerun.checkpoint)
     weight_diff = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
     bitwise = all(torch.equal(a[n], b[n]) for n in a)
-    ma, mb = read_csv(original / "metrics.csv"), read_csv(rerun / "metrics.csv")
+    ma, mb = read_csv(original.metrics), read_csv(rerun.metrics)
     metric_diff, metrics_equal = 0.0, len(ma) == len(mb)
     for ra, rb in zip(ma, mb):
         for key in ra:
@@ -169,8 +242,8 @@ def compare_runs(original: Path, rerun: Path) -> dict:
                     metric_diff = max(metric_diff, abs(float(ra[key]) - float(rb[key])))
                 except (TypeError, ValueError):
                     metric_diff = float("inf")
-    ra_rollouts = (original / "rollouts.csv").read_bytes()
-    rb_rollouts = (rerun / "rollouts.csv").read_bytes()
+    ra_rollouts = original.rollouts.read_bytes()
+    rb_rollouts = rerun.rollouts.read_bytes()
     return {
         "bitwise_equal": bitwise,
         "metrics_equal": metrics_equal,
@@ -181,7 +254,7 @@ def compare_runs(original: Path, rerun: Path) -> dict:
     }
 
 
-def write_repro(arm: Arm, seed: int, original: Path, rerun: Path, out: Path) -> dict:
+def write_repro(arm: Arm, seed: int, original: RunFolder, rerun: RunFolder, out: Path) -> dict:
     from layerbench.runtime.provenance import hardware
 
     hw = hardware()

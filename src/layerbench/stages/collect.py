@@ -1,35 +1,78 @@
-"""Gather per-job outputs into a study's tidy tables.
+"""Gather per-job outputs into a study's tidy files, and decide once what the report shows.
 
-``scores.csv``        one row per (arm, seed, task, budget)
-``contributions.csv`` C(k) per (arm, budget), 95% bootstrap CI over seeds and problems
-``training_metrics.csv`` per-step TRL metrics plus rollout truncation, per (arm, seed)
-``timings.csv``       Snakemake ``benchmark:`` figures per job
-``decomposition.csv`` / ``ranking_correlation.csv``  what each gain is made of (truncation.py)
-``provenance.json``   code, environment, hardware and config of the study
+``scores``        one row per (arm, seed, task, budget)
+``contributions`` C(k) per (arm, budget), 95% bootstrap CI over seeds and problems
+``training``      per-step TRL metrics plus rollout truncation, per (arm, seed)
+``timings``       Snakemake ``benchmark:`` figures per job
+``decomposition`` / ``ranking``  what each gain is made of (analysis.truncation)
+``provenance``    code, environment, hardware and config of the study
+``verdicts``      the headline and each C(k)'s verdict (analysis.verdicts)
+``samples``       the sample browser: a few answers per arm, cut marks placed
+                  with the base model's tokenizer
+
+This is the only stage that reads the runs' and evaluations' folders; the
+report reads these files (and the checks'), so it neither decides nor loads
+a tokenizer.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from layerbench.config import Arm
-from layerbench.runtime.io import atomic_write_csv, read_csv
+from layerbench.analysis.per_sample import PerSample, PerSampleTable, read_per_sample
 from layerbench.analysis.stats import contributions_from_samples
-from layerbench.paths import StudyPaths
+from layerbench.analysis.verdicts import arm_sort_key, best_arms, study_verdicts
+from layerbench.config import Study
+from layerbench.paths import EvalFolder, ModelFolder, StudyPaths
+from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv, read_jsonl
 
 SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_rate", "finished_accuracy",
                  "mean_tokens"]
 CONTRIBUTION_COLUMNS = ["arm", "budget", "C", "ci_low", "ci_high", "reason"]
+TIMING_COLUMNS = ["job", "seconds", "max_rss_mb", "cpu_time"]
+SAMPLES_PER_ARM = 6
 
 
+def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: Path, decomposition: Path,
+            ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path) -> None:
+    from layerbench.analysis.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
+                                                ranking_rows)
+    from layerbench.runtime.provenance import write_provenance
+
+    study = paths.study
+    scored = score_rows(paths)
+    atomic_write_csv(scores, scored, SCORE_COLUMNS)
+    table = {(a.name, s): read_per_sample(paths.eval(a, s).per_sample) for a in study.arms for s in study.seeds}
+    c_rows = contribution_rows(study, table)
+    atomic_write_csv(contributions, c_rows, CONTRIBUTION_COLUMNS)
+    atomic_write_csv(decomposition, decomposition_rows(study, table), DECOMPOSITION_COLUMNS)
+    atomic_write_csv(ranking, ranking_rows(c_rows), RANKING_COLUMNS)
+    write_provenance(paths, provenance)
+    rows, columns = training_rows(paths)
+    atomic_write_csv(training, rows, columns)
+    atomic_write_csv(timings, timing_rows(paths), TIMING_COLUMNS)
+
+    budgets = sorted({r["budget"] for r in scored})
+    tasks = sorted({r["task"] for r in scored})
+    listed = sorted(c_rows, key=lambda r: (r["budget"], arm_sort_key(r["arm"])))  # the report's order
+    decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens)
+    atomic_write_json(verdicts, decided)
+    opened = {"base", "full"} | set(best_arms(decided["headline"]).values())
+    atomic_write_json(samples, sample_browser(paths, table, tasks, budgets, opened))
+
+
+# --------------------------------------------------------------------------
+# tidy tables
+# --------------------------------------------------------------------------
 def score_rows(paths: StudyPaths) -> list[dict]:
     rows = []
     for arm in paths.study.arms:
         for seed in paths.study.seeds:
-            scores = json.loads((paths.eval_dir(arm, seed) / "scores.json").read_text())
+            scores = json.loads(paths.eval(arm, seed).scores.read_text())
             for task, by_budget in scores["tasks"].items():
                 for budget, s in by_budget.items():
                     rows.append({"arm": arm.name, "seed": seed, "task": task, "budget": int(budget),
@@ -37,29 +80,27 @@ def score_rows(paths: StudyPaths) -> list[dict]:
     return rows
 
 
-def correctness(paths: StudyPaths) -> dict[int, dict[str, list[np.ndarray]]]:
-    """{budget: {arm: [array[seeds, problems] per task]}} from per_sample.csv."""
-    table: dict = defaultdict(lambda: defaultdict(dict))
-    for arm in paths.study.arms:
-        for seed in paths.study.seeds:
-            for row in read_csv(paths.eval_dir(arm, seed) / "per_sample.csv"):
-                key = (row["task"], int(row["doc_id"]), int(row["repeat"]))
-                table[int(row["budget"])][arm.name].setdefault(seed, {})[key] = float(row["correct"])
+def correctness(study: Study, table: PerSampleTable) -> dict[int, dict[str, list[np.ndarray]]]:
+    """{budget: {arm: [array[seeds, problems] of ``correct`` per task]}}."""
+    by_budget: dict = defaultdict(lambda: defaultdict(dict))
+    for (arm, seed), rows in table.items():
+        for r in rows:
+            by_budget[r.budget][arm].setdefault(seed, {})[r.problem] = r.correct
     out: dict = {}
-    for budget, by_arm in table.items():
+    for budget, by_arm in by_budget.items():
         out[budget] = {}
         for arm, by_seed in by_arm.items():
             keys = sorted(next(iter(by_seed.values())))
             tasks = sorted({k[0] for k in keys})
             out[budget][arm] = [
-                np.array([[by_seed[s][k] for k in keys if k[0] == t] for s in paths.study.seeds]) for t in tasks
+                np.array([[by_seed[s][k] for k in keys if k[0] == t] for s in study.seeds]) for t in tasks
             ]
     return out
 
 
-def contribution_rows(paths: StudyPaths) -> list[dict]:
+def contribution_rows(study: Study, table: PerSampleTable) -> list[dict]:
     rows = []
-    for budget, by_arm in sorted(correctness(paths).items()):
+    for budget, by_arm in sorted(correctness(study, table).items()):
         for c in contributions_from_samples(by_arm):
             rows.append({**c.as_row(), "budget": budget})
     return rows
@@ -69,7 +110,7 @@ def training_rows(paths: StudyPaths) -> tuple[list[dict], list[str]]:
     rows, columns = [], {"arm", "seed", "step"}
     for arm in paths.study.trained_arms:
         for seed in paths.study.seeds:
-            for row in read_csv(paths.run_dir(arm, seed) / "metrics.csv"):
+            for row in read_csv(paths.run(arm, seed).metrics):
                 rows.append({"arm": arm.name, "seed": seed, **row})
                 columns |= set(row)
     return rows, ["arm", "seed", "step"] + sorted(columns - {"arm", "seed", "step"})
@@ -88,26 +129,144 @@ def timing_rows(paths: StudyPaths) -> list[dict]:
     return rows
 
 
-def collect(paths: StudyPaths) -> None:
-    from layerbench.runtime.provenance import write_provenance
-    from layerbench.analysis.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
-                                       ranking_rows)
-
-    atomic_write_csv(paths.scores, score_rows(paths), SCORE_COLUMNS)
-    contributions = contribution_rows(paths)
-    atomic_write_csv(paths.contributions, contributions, CONTRIBUTION_COLUMNS)
-    atomic_write_csv(paths.results / "decomposition.csv", decomposition_rows(paths), DECOMPOSITION_COLUMNS)
-    atomic_write_csv(paths.results / "ranking_correlation.csv", ranking_rows(contributions), RANKING_COLUMNS)
-    write_provenance(paths)
-    rows, columns = training_rows(paths)
-    atomic_write_csv(paths.results / "training_metrics.csv", rows, columns)
-    atomic_write_csv(paths.results / "timings.csv", timing_rows(paths), ["job", "seconds", "max_rss_mb", "cpu_time"])
-
-
 def _round(value):
     return round(value, 6) if isinstance(value, float) else value
 
 
-def arm_sort_key(name: str):
-    arm = Arm.parse(name)
-    return ({"base": 0, "full": 1, "layer": 2, "layers": 3}[arm.kind], arm.layers or ())
+# --------------------------------------------------------------------------
+# sample browser
+# --------------------------------------------------------------------------
+def sample_browser(paths: StudyPaths, table: PerSampleTable, tasks: list[str], budgets: list[int],
+                   opened: set[str]) -> dict:
+    """A few answers per arm (same problems for every arm, first seed), with
+    the outcome at each budget and, for truncated answers, the text split
+    where each budget cut it off. Arms in ``opened`` are shown expanded.
+
+    {"seed", "problems": [[task, doc_id]], "marked": cut marks placed,
+    "missing": [answer files not found, relative to results/<study>/],
+    "arms": [{"arm", "open", "n_cut", "answers": [{"task", "doc_id", "prompt",
+    "target", "text", "extracted", "n_tokens", "cut": [budgets that cut it],
+    "segments", "results": [{"budget", "solved", "truncated", "n_tokens"}]}]}]}"""
+    seed = paths.study.seeds[0]
+    missing, answers = [], {}
+    decode = _decoder(ModelFolder(paths.base_model).tokenizer)
+    for arm in sorted(paths.study.arms, key=lambda a: arm_sort_key(a.name)):
+        folder = paths.eval(arm, seed)
+        texts = {}
+        for task in tasks:
+            missing += [str(f.relative_to(paths.results)) for f in (folder.samples(task), folder.generations(task))
+                        if not f.exists()]
+            texts |= _texts(folder, task)
+        answers[arm.name] = (_outcomes(table[(arm.name, seed)]), texts)
+    problems = _pick_problems(answers, budgets)
+    arms = []
+    for arm, (outcome, texts) in answers.items():
+        items = []
+        for key in problems:
+            t, o = texts.get(key, {}), outcome.get(key, {})
+            results = [{"budget": b, **o[b]} for b in budgets if b in o]
+            cut = [r["budget"] for r in results if r["truncated"]]
+            items.append({"task": key[0], "doc_id": key[1], "results": results, "cut": cut,
+                          "text": t.get("text"), "extracted": t.get("extracted"), "target": t.get("target"),
+                          "prompt": _prompt(t["doc"]) if "doc" in t else None,
+                          "segments": segments(t.get("text"), t.get("ids"), cut, decode),
+                          "n_tokens": max((r["n_tokens"] or 0 for r in results), default=None)})
+        arms.append({"arm": arm, "answers": items, "open": arm in opened, "n_cut": sum(1 for i in items if i["cut"])})
+    return {"missing": missing, "arms": arms, "seed": seed, "problems": problems, "marked": decode is not None}
+
+
+def _outcomes(rows: list[PerSample]) -> dict:
+    """{(task, doc_id): {budget: {solved, truncated, n_tokens}}} for repeat 0."""
+    outcome = defaultdict(dict)
+    for r in rows:
+        if r.repeat == 0:
+            outcome[(r.task, r.doc_id)][r.budget] = {"solved": r.solved, "truncated": r.truncated,
+                                                     "n_tokens": r.n_tokens}
+    return outcome
+
+
+def _texts(folder: EvalFolder, task: str) -> dict:
+    """{(task, doc_id): answer text, doc, target, token ids} from lm-eval's
+    samples and layerbench's generations, the run at the largest budget."""
+    out: dict = {}
+    samples, generations = folder.samples(task), folder.generations(task)
+    for s in read_jsonl(samples) if samples.exists() else []:
+        key, run_budget = (task, int(s["doc_id"])), _max_gen_toks(s)
+        if key in out and run_budget < out[key]["run_budget"]:
+            continue
+        resps = s.get("resps") or [[""]]
+        out[key] = {"run_budget": run_budget, "doc": s.get("doc") or {},
+                    "text": str(resps[0][0] if resps and resps[0] else ""),
+                    "extracted": str((s.get("filtered_resps") or [""])[0]), "target": str(s.get("target", ""))}
+    best: dict = {}
+    for g in read_jsonl(generations) if generations.exists() else []:
+        key = (task, int(g["doc_id"]))
+        if int(g.get("repeat", 0)) == 0 and key in out and g.get("run_budget", 0) >= best.get(key, -1):
+            best[key] = g.get("run_budget", 0)
+            out[key]["ids"] = g.get("token_ids")
+    return out
+
+
+def _decoder(tokenizer: Path):
+    """The study's tokenizer decode (``tokenizers`` only, no model load), or
+    None when the base model has no tokenizer.json."""
+    if not tokenizer.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    loaded = Tokenizer.from_file(str(tokenizer))
+    return lambda ids: loaded.decode(list(ids), skip_special_tokens=True)
+
+
+def segments(text: str | None, ids: list[int] | None, cut: list[int], decode) -> list[dict] | None:
+    """The answer split where each budget that cut it ran out: [{"text",
+    "mark": budget ending after this piece, "beyond": past the first cut}].
+    None when the cut points cannot be placed exactly on the text."""
+    if text is None or not cut or ids is None or decode is None:
+        return None
+    ends = []
+    for budget in sorted(cut):
+        prefix = decode(ids[:budget])
+        if not text.startswith(prefix) and len(ids) > budget:
+            return None
+        ends.append((min(len(prefix), len(text)), budget))
+    pieces, start = [], 0
+    for i, (end, budget) in enumerate(ends):
+        pieces.append({"text": text[start:end], "mark": budget, "beyond": i > 0})
+        start = end
+    pieces.append({"text": text[start:], "mark": None, "beyond": True})
+    return pieces
+
+
+
+def _max_gen_toks(sample: dict) -> int:
+    try:
+        return int(sample["arguments"][0][1]["max_gen_toks"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 0
+
+
+def _prompt(doc: dict) -> str:
+    for key in ("prompt", "question", "problem", "input"):
+        if key in doc:
+            return str(doc[key])
+    return json.dumps(doc, sort_keys=True)[:300]
+
+
+def _pick_problems(answers: dict, budgets: list[int]) -> list[tuple]:
+    """Up to SAMPLES_PER_ARM problems, the same for every arm: first where the
+    base is cut at the smallest budget, then where arms disagree, then the rest."""
+    keys = sorted(set.intersection(*(set(o) for o, _ in answers.values())))
+    low, high = budgets[0], budgets[-1]
+    base = answers.get("base", next(iter(answers.values())))[0]
+
+    def cut_low(k):
+        return base.get(k, {}).get(low, {}).get("truncated", False)
+
+    def disagree(k):
+        return len({o.get(k, {}).get(high, {}).get("solved") for o, _ in answers.values()}) > 1
+
+    picked = [k for k in keys if cut_low(k)][: SAMPLES_PER_ARM // 2]
+    for rule in (disagree, lambda k: True):
+        picked += [k for k in keys if k not in picked and rule(k)][: SAMPLES_PER_ARM - len(picked)]
+    return picked

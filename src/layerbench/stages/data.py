@@ -24,29 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.answers import format_answer
-from layerbench.runtime.io import atomic_write_jsonl, atomic_write_text
+from layerbench.config import HubData, TaskSpec
+from layerbench.runtime.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 
 VERBOSE_OPENING = "Let's go step by step."
 VERBOSE_CLOSING = "So the answer is"
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Shape of the synthetic arithmetic task (``data`` section of a study)."""
-
-    n_train: int = 4000
-    n_test: int = 200
-    min_ops: int = 1
-    max_ops: int = 3
-    max_operand: int = 99
-    verbose_share: float = 0.75
-    sign_slip_share: float = 0.6
-    seed: int = 1234
-
-    @property
-    def distinct_questions(self) -> int:
-        """How many different questions the task can ask (operands 1..max_operand, +/-)."""
-        return sum(self.max_operand ** (k + 1) * 2 ** k for k in range(self.min_ops, self.max_ops + 1))
 
 
 @dataclass(frozen=True)
@@ -148,28 +130,18 @@ def build_splits(spec: TaskSpec) -> dict[str, list[dict]]:
     return splits
 
 
-def write_splits(spec: TaskSpec, out_dir: Path) -> dict[str, Path]:
-    """Write ``train.jsonl``, ``test.jsonl`` and ``sft.jsonl`` atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, records in build_splits(spec).items():
-        path = out_dir / f"{name}.jsonl"
-        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        paths[name] = path
-    return paths
+def write_splits(spec: TaskSpec, train: Path, test: Path, sft: Path) -> None:
+    """Write the synthetic task's splits atomically."""
+    splits = build_splits(spec)
+    for path, name in ((train, "train"), (test, "test"), (sft, "sft")):
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in splits[name]))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def write_hub_splits(hub: dict, sample_file: Path, out_dir: Path) -> dict:
-    """train.jsonl / test.jsonl from the drawn sample (rule make_data)."""
-    with open(sample_file, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    n_train = hub.get("sample") or (len(records) - hub.get("test_size", 0))
-    suffix = hub.get("prompt_suffix", "")
+def write_hub_splits(hub: HubData, sample_file: Path, train: Path, test: Path) -> dict:
+    """The train and test splits from the drawn sample (stage download)."""
+    records = read_jsonl(sample_file)
+    n_train = hub.sample or (len(records) - (hub.test_size or 0))
+    suffix = hub.prompt_suffix
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     dropped = {"train": 0, "test": 0}
     for i, record in enumerate(records):
@@ -179,9 +151,8 @@ def write_hub_splits(hub: dict, sample_file: Path, out_dir: Path) -> dict:
             continue
         splits[split].append({"prompt": record["question"] + suffix, "answer": record["answer"],
                               "question": record["question"], "index": record["index"]})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+    atomic_write_jsonl(train, splits["train"])
+    atomic_write_jsonl(test, splits["test"])
     summary = {"train": len(splits["train"]), "test": len(splits["test"]),
                "dropped_without_answer": dropped, "prompt_suffix": suffix}
     print(json.dumps(summary))

@@ -35,9 +35,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerbench.config import Suite
+from layerbench.config import HubData, ModelConfig, Suite
 from layerbench.lmeval import suite_tasks, task_manager
-from layerbench.runtime.io import atomic_directory, atomic_write_json, atomic_write_jsonl, sha256_file
+from layerbench.paths import ModelFolder, record_of
+from layerbench.runtime.io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_jsonl,
+    sha256_file,
+)
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.py", "merges.txt", "vocab.json"]
 
@@ -56,7 +62,10 @@ def extract_answer(value, mode: str) -> str | None:
         value = int(value)
     text = str(value).strip()
     if mode == "boxed":
-        from lm_eval.tasks.hendrycks_math.utils import last_boxed_only_string, remove_boxed
+        from lm_eval.tasks.hendrycks_math.utils import (
+            last_boxed_only_string,
+            remove_boxed,
+        )
 
         boxed = last_boxed_only_string(text)
         if boxed is None:
@@ -74,32 +83,32 @@ def load_split(hub: dict):
     """The configured split, through ``datasets`` (network or HF cache)."""
     from datasets import load_dataset
 
-    return load_dataset(hub["id"], hub.get("config_name"), split=hub["split"], revision=hub.get("revision"))
+    return load_dataset(hub.id, hub.config_name, split=hub.split, revision=hub.revision)
 
 
-def draw_sample(hub: dict, out_path: Path, dataset=None) -> dict:
-    """Seeded sample of the split with extracted answers (rule prepare_data)."""
+def draw_sample(hub: HubData, out_path: Path, dataset=None) -> dict:
+    """Seeded sample of the split with extracted answers, and its record."""
     dataset = load_split(hub) if dataset is None else dataset
     total = len(dataset)
-    want = (hub.get("sample") or total) + hub.get("test_size", 0)
+    want = (hub.sample or total) + (hub.test_size or 0)
     if want > total:
         raise ValueError(f"data.hub: sample + test_size = {want} but {hub['id']} split {hub['split']} has {total} rows")
-    shuffled = dataset.shuffle(seed=hub.get("seed", 0)) if hub.get("seed") is not None else dataset
+    shuffled = dataset.shuffle(seed=hub.seed) if hub.seed is not None else dataset
     indices = _source_indices(shuffled, want)
     rows = shuffled.select(range(want))
-    mode = hub.get("answer_extract", "none")
+    mode = hub.answer_extract
     records = []
     for index, row in zip(indices, rows):
-        records.append({"index": index, "question": str(row[hub["question_field"]]).strip(),
-                        "answer": extract_answer(row[hub["answer_field"]], mode)})
+        records.append({"index": index, "question": str(row[hub.question_field]).strip(),
+                        "answer": extract_answer(row[hub.answer_field], mode)})
     atomic_write_jsonl(out_path, records)
     info = {
-        "id": hub["id"], "config_name": hub.get("config_name"), "split": hub["split"],
-        "revision": hub.get("revision"), "fingerprint": getattr(dataset, "_fingerprint", None),
-        "rows_in_split": total, "seed": hub.get("seed"), "drawn": want,
+        "id": hub.id, "config_name": hub.config_name, "split": hub.split,
+        "revision": hub.revision, "fingerprint": getattr(dataset, "_fingerprint", None),
+        "rows_in_split": total, "seed": hub.seed, "drawn": want,
         "without_answer": sum(r["answer"] is None for r in records),
     }
-    atomic_write_json(out_path.with_suffix(".json"), info)
+    atomic_write_json(record_of(out_path), info)
     return info
 
 
@@ -112,7 +121,7 @@ def _source_indices(shuffled, n: int) -> list[int]:
     return [int(column[i].as_py()) for i in range(n)]
 
 
-def download_model(model: dict, out_dir: Path, api=None, snapshot=None) -> dict:
+def download_model(model: ModelConfig, out_dir: Path, api=None, snapshot=None) -> dict:
     """Snapshot-download ``model.id`` at ``model.revision`` (resolved to a
     commit first, so the files are exactly that commit) into ``out_dir``."""
     if api is None or snapshot is None:
@@ -120,19 +129,19 @@ def download_model(model: dict, out_dir: Path, api=None, snapshot=None) -> dict:
 
         api = api or HfApi()
         snapshot = snapshot or snapshot_download
-    revision = model.get("revision", "main")
-    commit = api.model_info(model["id"], revision=revision).sha
+    revision = model.revision or "main"
+    commit = api.model_info(model.id, revision=revision).sha
     with atomic_directory(out_dir) as tmp:
-        snapshot(repo_id=model["id"], revision=commit, local_dir=str(tmp), allow_patterns=MODEL_FILES)
-        config = json.loads((tmp / "config.json").read_text())
-        declared = {"num_layers": model.get("num_layers"), "context_length": model.get("context_length")}
+        snapshot(repo_id=model.id, revision=commit, local_dir=str(tmp), allow_patterns=MODEL_FILES)
+        config = json.loads(ModelFolder(tmp).config.read_text())
+        declared = {"num_layers": model.num_layers, "context_length": model.context_length}
         found = {"num_layers": config.get("num_hidden_layers"), "context_length": config.get("max_position_embeddings")}
         mismatch = {k: (declared[k], found[k]) for k in declared if declared[k] is not None and declared[k] != found[k]}
         if mismatch:
-            raise ValueError(f"model {model['id']}@{commit}: config.json disagrees with the study config "
+            raise ValueError(f"model {model.id}@{commit}: config.json disagrees with the study config "
                              + ", ".join(f"model.{k}={d} but config.json has {f}" for k, (d, f) in mismatch.items()))
-        source = {"id": model["id"], "revision": revision, "commit": commit, **found}
-        atomic_write_json(tmp / "layerbench_source.json", source)
+        source = {"id": model.id, "revision": revision, "commit": commit, **found}
+        atomic_write_json(ModelFolder(tmp).source, source)
     return source
 
 
@@ -184,7 +193,7 @@ def export_benchmark(name: str, out: Path, dataset=None) -> dict:
             "revision": spec.revision, "fingerprint": getattr(dataset, "_fingerprint", None),
             "rows": len(records), "skipped_without_answer": skipped, "note": spec.note,
             "sha256": sha256_file(out)}
-    atomic_write_json(Path(out).with_suffix(".json"), info)
+    atomic_write_json(record_of(out), info)
     return info
 
 
@@ -201,3 +210,14 @@ def cache_eval_tasks(suites: tuple[Suite, ...], out: Path) -> dict:
                             "docs": len(docs), "fingerprint": getattr(docs, "_fingerprint", None)}
     atomic_write_json(out, record)
     return record
+
+
+def benchmark_exports(paths) -> list[str]:
+    """The study's eval data files that rule download_benchmark makes
+    (``results/benchmarks/<name>.jsonl`` of a known export)."""
+    out = []
+    for path in paths.eval_data_inputs().values():
+        p = Path(path)
+        if p.parent == Path("results/benchmarks") and p.suffix == ".jsonl" and p.stem in EXPORTS:
+            out.append(path)
+    return out

@@ -16,39 +16,30 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from layerbench.stages.data import read_jsonl
-from layerbench.runtime.io import atomic_directory, atomic_write_json
+from layerbench.config import TinyModelSpec
+from layerbench.paths import ModelFolder
+from layerbench.runtime.io import atomic_directory, atomic_write_json, read_jsonl
 from layerbench.runtime.numerics import describe
 from layerbench.runtime.seeding import seed_everything
 
 EOS = "<|endoftext|>"
 
 
-@dataclass(frozen=True)
-class TinyModelSpec:
-    """Architecture and SFT schedule of the built base model (``model.build``)."""
-
-    num_layers: int = 4
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_heads: int = 2
-    vocab_size: int = 320
-    max_positions: int = 256
-    sft_steps: int = 600
-    sft_batch_size: int = 32
-    sft_lr: float = 3e-3
-    sft_warmup: int = 30
-    seed: int = 0
-    threads: int = 2  # intra-op threads; under numerics: portable the weights do not depend on it
-
-
 def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -169,5 +160,5 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-        atomic_write_json(tmp / "build_summary.json", summary)
+        atomic_write_json(ModelFolder(tmp).build_summary, summary)
     return summary

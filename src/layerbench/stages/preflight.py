@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbench.config import Study
-from layerbench.stages.data import read_jsonl
-from layerbench.runtime.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from layerbench.paths import ModelFolder, StudyPaths, markdown_of
+from layerbench.runtime.io import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+)
 
 LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
 
@@ -61,10 +66,10 @@ class Report:
 
 def model_context(study: Study, model_dir: Path | None) -> tuple[int, str]:
     """The model's context length and where it came from."""
-    if model_dir is not None and (model_dir / "config.json").exists():
-        cfg = json.loads((model_dir / "config.json").read_text())
+    if model_dir is not None and ModelFolder(model_dir).config.exists():
+        cfg = json.loads(ModelFolder(model_dir).config.read_text())
         return int(cfg["max_position_embeddings"]), f"{model_dir}/config.json max_position_embeddings"
-    declared = study.model.get("context_length")
+    declared = study.model.context_length
     if declared is None:
         raise PreflightError("model is not available offline and key 'model.context_length' is not set")
     return int(declared), "model.context_length (declared; the model is not available offline)"
@@ -111,7 +116,7 @@ def check_caps(study: Study, report: Report, context: int) -> None:
                f"limits.max_prompt_tokens={cap} + limits.max_completion_tokens={limits.max_completion_tokens} "
                f"= {total} {'fits' if ok else 'exceeds'} the model context {context}",
                total=total, context=context)
-    if study.rl.get("use_vllm"):
+    if study.rl.use_vllm:
         report.add("vllm max_model_len", "vLLM engine", "ok" if ok else "error",
                    f"vLLM max_model_len is set to {total} (prompt cap + completion cap); model context {context}",
                    max_model_len=total, context=context)
@@ -243,7 +248,7 @@ def _model(study: Study, model_dir: Path | None) -> tuple[int, str, object | Non
     """(context, where it came from, tokenizer or None when not available offline)."""
     context, source = model_context(study, model_dir)
     tokenizer = None
-    if model_dir is not None and (model_dir / "tokenizer_config.json").exists():
+    if model_dir is not None and ModelFolder(model_dir).tokenizer_config.exists():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -255,18 +260,18 @@ def _publish(report: Report, path: Path) -> None:
     naming every one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"status": report.status, "checks": report.checks})
-    atomic_write_text(path.with_suffix(".md"), report.markdown())
+    atomic_write_text(markdown_of(path), report.markdown())
     print(report.markdown())
     errors = [c for c in report.checks if c["status"] == "error"]
     if errors:
         raise PreflightError("preflight failed:\n  " + "\n  ".join(f"{c['subject']}: {c['message']}" for c in errors))
 
 
-def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
+def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out: Path, kept_file: Path) -> Report:
     """The limits training depends on: prompt cap and policy, prompt + completion
-    cap against the context. Writes ``preflight_train.json`` and the prompts to
-    train on (``train_checked.jsonl``). A stage of its own so that editing eval
-    settings never re-runs training."""
+    cap against the context. Writes the checks to ``out`` and the prompts to
+    train on to ``kept_file``. A rule of its own so that editing eval settings
+    never re-runs training."""
     report = Report()
     context, source, tokenizer = _model(study, model_dir)
     report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
@@ -277,16 +282,16 @@ def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out_
         kept = read_jsonl(train_file)
     else:
         kept = check_training(study, report, tokenizer, read_jsonl(train_file), context)
-    _publish(report, out_dir / "preflight_train.json")
-    atomic_write_jsonl(out_dir / "train_checked.jsonl", kept)
+    _publish(report, out)
+    atomic_write_jsonl(kept_file, kept)
     return report
 
 
-def eval_preflight(study: Study, model_dir: Path | None, out_dir: Path) -> Report:
+def eval_preflight(study: Study, model_dir: Path | None, train_checks_file: Path, out: Path) -> Report:
     """The evaluation limits (budgets against the training cap and the context,
     every eval context measured as lm-eval builds it), appended to the training
-    checks in ``preflight.json``: the one table the report shows."""
-    train_checks = json.loads((out_dir / "preflight_train.json").read_text())["checks"]
+    checks in ``out`` (preflight.json): the one table the report shows."""
+    train_checks = json.loads(train_checks_file.read_text())["checks"]
     report = Report(checks=list(train_checks))
     context, _, tokenizer = _model(study, model_dir)
     check_budgets(study, report)
@@ -297,15 +302,33 @@ def eval_preflight(study: Study, model_dir: Path | None, out_dir: Path) -> Repor
         suites = buildable_suites(study, report)
         if suites:
             check_eval(study, report, tokenizer, context, eval_contexts(study, suites))
-    _publish(report, out_dir / "preflight.json")
+    _publish(report, out)
     return report
 
 
-def run_preflight(study: Study, model_dir: Path | None, train_file: Path, out_dir: Path) -> Report:
-    """Both stages in one call (``layerbench check-limits``, tests), stopping
-    with the errors of both."""
+def run_preflight(study: Study, model_dir: Path | None, train_file: Path, paths: StudyPaths) -> Report:
+    """Both rules in one call (``layerbench check-limits``, tests), writing
+    where the DAG would under ``paths``, stopping with the errors of both."""
     try:
-        train_preflight(study, model_dir, train_file, out_dir)
+        train_preflight(study, model_dir, train_file, paths.preflight_train, paths.train_checked)
     except PreflightError:
         pass  # its checks are in preflight_train.json, which eval_preflight reports with its own
-    return eval_preflight(study, model_dir, out_dir)
+    return eval_preflight(study, model_dir, paths.preflight_train, paths.preflight)
+
+
+def check_limits(config: Path, out: Path | None) -> int:
+    """``layerbench check-limits``: the preflight of a study config before
+    anything exists (no model, no data, no network). Context from
+    ``model.context_length``; prompts unmeasured. With ``out``, the tables
+    stay under ``out/results/<study>/``."""
+    import tempfile
+
+    from layerbench.config import load_study
+
+    study = load_study(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = StudyPaths(study, out or Path(tmp))
+        empty = Path(tmp) / "no-prompts.jsonl"
+        empty.write_text("")
+        run_preflight(study, None, empty, paths)
+    return 0

@@ -20,9 +20,10 @@ import math
 import os
 import random
 import time
+from pathlib import Path
 
-from layerbench.runtime.io import atomic_write_json, read_csv
 from layerbench.paths import StudyPaths
+from layerbench.runtime.io import atomic_write_json, read_csv
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -148,27 +149,26 @@ def _training_metrics(rows: list[dict]) -> list[tuple[str, float, int]]:
     return out
 
 
-def track_study(paths: StudyPaths) -> dict:
-    """Log everything the study produced; write ``results/<study>/mlflow.json``."""
-    from layerbench.runtime.provenance import provenance
-
+def track_study(paths: StudyPaths, out: Path) -> dict:
+    """Log everything the study produced, with the provenance the report
+    shows (collect's provenance.json); write the record of what was logged to ``out``."""
     study = paths.study
-    client = client_for(tracking_uri(study.tracking.get("uri")))
-    exp_id = experiment_id(client, study.tracking.get("experiment") or f"layerbench-{study.name}")
+    client = client_for(tracking_uri(study.tracking.uri))
+    exp_id = experiment_id(client, study.tracking.experiment or f"layerbench-{study.name}")
     retire_unfinished(client, exp_id, study.name)
-    prov = provenance(paths)
+    prov = json.loads(paths.provenance.read_text())
     tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()}
     parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
     config_params = _flatten("config", study.resolved(), {})
     log_run(client, parent, config_params, [], tags)
 
     scores = read_csv(paths.scores)
-    training = read_csv(paths.results / "training_metrics.csv")
+    training = read_csv(paths.training_metrics)
     contributions = read_csv(paths.contributions)
     parent_metrics = [(f"C/{r['arm']}/budget_{r['budget']}", float(r["C"]), 0) for r in contributions if r["C"]]
     log_run(client, parent, {}, parent_metrics, {})
-    for name in ("scores.csv", "contributions.csv", "training_metrics.csv", "study.yaml"):
-        retry(client.log_artifact, parent, str(paths.results / name))
+    for path in (paths.scores, paths.contributions, paths.training_metrics, paths.provenance, paths.study_file):
+        retry(client.log_artifact, parent, str(path))
 
     children = {}
     for arm in study.arms:
@@ -179,7 +179,8 @@ def track_study(paths: StudyPaths) -> dict:
             params = {"arm": arm.name, "seed": str(seed)}
             metrics = []
             if arm.trains:
-                summary = json.loads((paths.run_dir(arm, seed) / "summary.json").read_text())
+                run = paths.run(arm, seed)
+                summary = json.loads(run.summary.read_text())
                 params.update(_flatten("rl", summary["rl"], {}))
                 params["trainable_parameters"] = str(summary["trainable_parameters"])
                 params["step0_rollout_sha256"] = summary["step0_rollout_sha256"]
@@ -194,10 +195,10 @@ def track_study(paths: StudyPaths) -> dict:
                             metrics.append((f"eval/{row['task']}/{key}/budget_{row['budget']}", float(row[key]), 0))
             params.update(config_params)
             log_run(client, run_id, params, metrics, tags)
-            retry(client.log_artifacts, run_id, str(paths.eval_dir(arm, seed)), "eval")
+            retry(client.log_artifacts, run_id, str(paths.eval(arm, seed).path), "eval")
             if arm.trains:
-                for name in ("metrics.csv", "rollouts.csv", "summary.json"):
-                    retry(client.log_artifact, run_id, str(paths.run_dir(arm, seed) / name), "train")
+                for path in (run.metrics, run.rollouts, run.summary):
+                    retry(client.log_artifact, run_id, str(path), "train")
             finish_run(client, run_id)
             children[run_name] = run_id
     finish_run(client, parent)
@@ -205,5 +206,5 @@ def track_study(paths: StudyPaths) -> dict:
         retry(client.set_tag, run_id, COMPLETE, "true")
     record = {"tracking_uri": client._tracking_client.tracking_uri, "experiment_id": exp_id,
               "parent_run_id": parent, "child_run_ids": children}
-    atomic_write_json(paths.mlflow, record)
+    atomic_write_json(out, record)
     return record

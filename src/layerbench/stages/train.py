@@ -22,15 +22,20 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from layerbench.analysis.stats import percentile
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
-from layerbench.stages.data import read_jsonl
-from layerbench.runtime.io import atomic_directory, atomic_write_csv, atomic_write_json
+from layerbench.paths import RunFolder
+from layerbench.runtime.io import (
+    atomic_directory,
+    atomic_write_csv,
+    atomic_write_json,
+    read_jsonl,
+)
 from layerbench.runtime.seeding import seed_everything
-from layerbench.analysis.stats import percentile
 
 ROLLOUT_COLUMNS = ["step", "index", "prompt", "length", "truncated", "reward"]
 
@@ -121,6 +126,49 @@ def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
+@dataclass(frozen=True)
+class BatchGeometry:
+    """One arm's batches, counted in completions (TRL's unit)."""
+
+    per_rollout: int  # completions generated per rollout batch (prompts x group size)
+    mini: int  # completions per optimizer update
+    micro: int  # completions per forward/backward pass (TRL per_device_train_batch_size)
+    updates_per_rollout: int  # optimizer updates made from one rollout batch (all PPO iterations)
+
+
+def batch_geometry(rl: RLConfig) -> BatchGeometry:
+    """The config's batch sizes as TRL takes them; that they divide evenly is
+    checked at load (``layerbench.config.checks.batch_problem``)."""
+    mini_prompts = rl.mini_batch_prompts or rl.prompts_per_step
+    mini = mini_prompts * rl.num_generations
+    return BatchGeometry(per_rollout=rl.prompts_per_step * rl.num_generations, mini=mini,
+                         micro=rl.micro_batch_completions or mini,
+                         updates_per_rollout=rl.num_iterations * (rl.prompts_per_step // mini_prompts))
+
+
+def optimizer_steps(rl: RLConfig, n_prompts: int | None = None) -> int:
+    """TRL ``max_steps`` (optimizer updates). With ``rl.epochs``: every full
+    rollout batch of the training prompts, ``epochs`` times (a trailing
+    partial batch is dropped, as verl's dataloader does)."""
+    if rl.epochs is None:
+        return rl.steps
+    if n_prompts is None:
+        raise ValueError("rl.epochs needs the number of training prompts")
+    batches = n_prompts // rl.prompts_per_step
+    if batches == 0:
+        raise ValueError(f"{n_prompts} training prompts are fewer than rl.prompts_per_step={rl.prompts_per_step}")
+    return rl.epochs * batches * batch_geometry(rl).updates_per_rollout
+
+
+def trl_loss(rl: RLConfig) -> dict:
+    """TRL's own switches for the algorithm: no loss code of ours."""
+    out = ({"loss_type": "dr_grpo", "scale_rewards": "none"} if rl.algorithm == "dr_grpo"
+           else {"loss_type": "grpo", "scale_rewards": "group"})
+    if rl.loss_type:
+        out["loss_type"] = rl.loss_type
+    return out
+
+
 def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path,
               max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None):
     """GRPOConfig for one arm; every value comes from the study config.
@@ -137,6 +185,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
     the engine from the process index; :func:`vllm_engine_seed` fixes that."""
     from trl import GRPOConfig
 
+    batch = batch_geometry(rl)
     extra = {}
     if rl.use_vllm:
         if max_prompt_tokens is None:
@@ -150,10 +199,10 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         extra["model_init_kwargs"] = {"dtype": rl.ref_dtype}
     return GRPOConfig(
         output_dir=str(output_dir),
-        max_steps=rl.optimizer_steps(n_prompts),
-        per_device_train_batch_size=rl.micro_batch,
-        gradient_accumulation_steps=rl.mini_batch // rl.micro_batch,
-        steps_per_generation=rl.completions_per_step // rl.micro_batch,
+        max_steps=optimizer_steps(rl, n_prompts),
+        per_device_train_batch_size=batch.micro,
+        gradient_accumulation_steps=batch.mini // batch.micro,
+        steps_per_generation=batch.per_rollout // batch.micro,
         num_generations=rl.num_generations,
         max_completion_length=max_completion_tokens,
         learning_rate=rl.learning_rate,
@@ -176,7 +225,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **rl.trl_loss,
+        **trl_loss(rl),
         **extra,
     )
 
@@ -221,12 +270,11 @@ def train_arm(
     seed: int,
     rl: RLConfig,
     max_completion_tokens: int,
-    out_dir: Path,
+    out: RunFolder,
     max_prompt_tokens: int | None = None,
     verifier_name: str = "arith",
 ) -> dict:
-    """Train one arm; write ``checkpoint/``, ``metrics.csv``, ``rollouts.csv``
-    and ``summary.json`` into ``out_dir`` atomically (all or nothing)."""
+    """Train one arm; write its run folder atomically (all or nothing)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -242,11 +290,12 @@ def train_arm(
     records = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
     reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name))
-    steps = rl.optimizer_steps(len(records))
+    steps = optimizer_steps(rl, len(records))
 
     started = time.perf_counter()
-    with atomic_directory(out_dir) as tmp:
-        args = grpo_args(rl, max_completion_tokens, seed, tmp / "trainer",
+    with atomic_directory(out.path) as tmp:
+        run = RunFolder(tmp)
+        args = grpo_args(rl, max_completion_tokens, seed, run.scratch,
                          max_prompt_tokens=max_prompt_tokens, n_prompts=len(records))
         with vllm_engine_seed(seed) if rl.use_vllm else contextlib.nullcontext():
             trainer = GRPOTrainer(
@@ -258,9 +307,9 @@ def train_arm(
             )
         trainer.train()
         seconds = time.perf_counter() - started
-        trainer.save_model(str(tmp / "checkpoint"))
-        tokenizer.save_pretrained(tmp / "checkpoint")
-        _remove_tree(tmp / "trainer")
+        trainer.save_model(str(run.checkpoint))
+        tokenizer.save_pretrained(run.checkpoint)
+        _remove_tree(run.scratch)
 
         truncation = truncation_by_step(reward.rows)
         metrics = []
@@ -272,8 +321,8 @@ def train_arm(
             row.update(truncation.get(step - 1, {}))  # rewards are recorded before the update
             metrics.append(row)
         columns = ["step"] + sorted({k for row in metrics for k in row} - {"step"})
-        atomic_write_csv(tmp / "metrics.csv", metrics, columns)
-        atomic_write_csv(tmp / "rollouts.csv", reward.rows, ROLLOUT_COLUMNS)
+        atomic_write_csv(run.metrics, metrics, columns)
+        atomic_write_csv(run.rollouts, reward.rows, ROLLOUT_COLUMNS)
         summary = {
             "arm": arm.name,
             "seed": seed,
@@ -287,7 +336,7 @@ def train_arm(
             "max_completion_tokens": max_completion_tokens,
             "numerics": describe(),
         }
-        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_json(run.summary, summary)
     return summary
 
 

@@ -27,16 +27,33 @@ import json
 from pathlib import Path
 
 from layerbench.config import EvalConfig
-from layerbench.lmeval import filter_ensemble, score_response, score_responses, suite_tasks, task_manager
-from layerbench.runtime.io import atomic_directory, atomic_write_csv, atomic_write_json, atomic_write_jsonl
-from layerbench.stages.evaluate.backends import Generation, decoding_kwargs, make_lm, response_text
+from layerbench.lmeval import (
+    filter_ensemble,
+    score_response,
+    score_responses,
+    suite_tasks,
+    task_manager,
+)
+from layerbench.paths import EvalFolder
+from layerbench.runtime.io import (
+    atomic_directory,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_jsonl,
+)
+from layerbench.stages.evaluate.backends import (
+    Generation,
+    decoding_kwargs,
+    make_lm,
+    response_text,
+)
 
 PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
 
 
-def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out_dir: Path,
+def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out: EvalFolder,
                    derive_budgets: bool | None = None, context_length: int | None = None) -> dict:
-    """Run lm-eval on ``model_dir`` and write, atomically into ``out_dir``:
+    """Run lm-eval on ``model_dir`` and write, atomically into ``out``:
     lm-eval's samples (``samples_<task>.jsonl``), our per-generation records
     (``generations_<task>.jsonl``), ``per_sample.csv`` (every sample at every
     budget) and ``scores.json`` (per task and budget).
@@ -111,15 +128,16 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
     for task_name in lm_samples:
         scores[task_name] = summarise(rows, task_name, budgets)
 
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out.path) as tmp:
+        folder = EvalFolder(tmp)
         for task_name, samples in lm_samples.items():
-            atomic_write_jsonl(tmp / f"samples_{task_name}.jsonl", [_jsonable(s) for s in samples])
-            atomic_write_jsonl(tmp / f"generations_{task_name}.jsonl", gen_records[task_name])
-        atomic_write_csv(tmp / "per_sample.csv", rows, PER_SAMPLE_COLUMNS)
+            atomic_write_jsonl(folder.samples(task_name), [_jsonable(s) for s in samples])
+            atomic_write_jsonl(folder.generations(task_name), gen_records[task_name])
+        atomic_write_csv(folder.per_sample, rows, PER_SAMPLE_COLUMNS)
         record = {"budgets": list(budgets), "derived_budgets": derive, "seed": seed, "tasks": scores}
         if sampling_seed != seed or ev.backend != "hf":
             record.update(sampling_seed=sampling_seed, backend=ev.backend)
-        atomic_write_json(tmp / "scores.json", record)
+        atomic_write_json(folder.scores, record)
     return scores
 
 

@@ -725,7 +725,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     scores = _csv(paths, "scores.csv")
     contributions = _csv(paths, "contributions.csv")
     v: dict = {"study": study, "label": label or study.name, "cap": cap,
-               "algorithm": study.rl.get("algorithm", "grpo"), "model": _model_name(study)}
+               "algorithm": study.rl.algorithm, "model": _model_name(study)}
     budgets = sorted({int(r["budget"]) for r in scores}) if scores else list(study.limits.eval_budgets)
     v["budgets"] = budgets
     v["tasks"] = sorted({r["task"] for r in scores}) if scores else [s.task for s in study.eval.suites]

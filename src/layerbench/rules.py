@@ -1,0 +1,76 @@
+"""What the rule files need besides paths: change detection, resources, GPU slots.
+
+The Snakefile builds one :class:`RuleSettings` from the study. Rules
+fingerprint only the config sections they read, so an edit of eval budgets
+re-runs evaluation but not training; GPU studies get Snakemake resources and
+a GPU slot per job, CPU studies neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+
+from layerbench.config import Arm, Study
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    study: Study
+
+    # --- change detection ------------------------------------------------------
+    def fingerprint(self, *sections: str) -> str:
+        raw = self.study.raw
+        return _digest({s: raw.get(s) for s in sections})
+
+    def arm_fingerprint(self, slug: str) -> str:
+        """What one arm's training reads."""
+        arm = Arm.parse(slug)
+        raw = self.study.raw
+        limits = raw["limits"]
+        fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
+              "model": raw["model"], "data": raw.get("data"), "numerics": raw.get("numerics"),
+              "max_model_len": limits["max_prompt_tokens"]}  # vLLM's: prompt cap + completion cap
+        return _digest(fp)
+
+    def train_preflight_fingerprint(self) -> str:
+        """What rule preflight_train reads: a change re-runs it and so every
+        training job; nothing else may (see train.smk)."""
+        study, raw = self.study, self.study.raw
+        limits = raw["limits"]
+        return _digest({"model": raw["model"],
+                        "limits": [limits["max_prompt_tokens"], limits["max_completion_tokens"],
+                                   limits.get("prompt_policy", "error")],
+                        "rl": [study.rl.use_vllm,
+                               sorted({study.rl_for(a).algorithm for a in study.trained_arms})]})
+
+    # --- resources ---------------------------------------------------------------
+    def resources(self, stage: str) -> dict:
+        """Snakemake resources of a GPU stage (train, evaluate): ``gpu``,
+        ``mem_mb``, ``runtime`` from the study's ``resources``; nothing for a
+        CPU study."""
+        if "resources" not in self.study.raw:
+            return {}
+        request = self.study.resources.stage(stage)
+        out = {"gpu": self.study.resources.gpu, "mem_mb": request.mem_mb, "runtime": request.runtime}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def threads(self, stage: str, default: int) -> int:
+        return self.study.resources.stage(stage).cpus or default
+
+    def gpu_params(self) -> dict:
+        """Rule params of a GPU stage: the slot wrapper (empty for CPU studies)."""
+        if self.study.gpus < 1:
+            return {}
+        return {"gpu_run": f"{sys.executable} -m layerbench.runtime.gpuslots --gpus {self.study.gpus} --"}
+
+    def gpu_wrap(self, shell: str) -> str:
+        """The shell command of a GPU stage, run inside a GPU slot (one
+        CUDA_VISIBLE_DEVICES per job, see layerbench.runtime.gpuslots)."""
+        return f"{{params.gpu_run}} {shell}" if self.study.gpus >= 1 else shell
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
