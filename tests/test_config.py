@@ -2,6 +2,7 @@ import pytest
 
 from conftest import default_raw, small_study_raw, snakemake_in, study_workdir
 from layerbench.config import Arm, ConfigError, load_study, study_from_dict
+from layerbench.stages.train import trl_loss
 
 
 def test_default_config_expands_every_layer_and_applies_per_arm_lr():
@@ -28,7 +29,7 @@ def test_multi_layer_arm_and_algorithm_switch():
     arm = study.arms[2]
     assert arm.name == "layers:0,1" and arm.slug == "layers-0-1"
     assert Arm.parse(arm.slug) == arm == Arm.parse(arm.name)
-    assert study.rl_for(arm).trl_loss == {"loss_type": "dr_grpo", "scale_rewards": "none"}
+    assert trl_loss(study.rl_for(arm)) == {"loss_type": "dr_grpo", "scale_rewards": "none"}
 
 
 @pytest.mark.parametrize(

@@ -4,19 +4,22 @@ from pathlib import Path
 import yaml
 
 from layerbench.answers import ANSWER_REGEX, extract_answer, is_correct
-from layerbench.stages.data import Problem, TaskSpec, build_splits, solution_text, write_splits
+from layerbench.config import TaskSpec
+from layerbench.stages.data import Problem, build_splits, solution_text, write_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_splits_are_deterministic_and_disjoint(tmp_path):
-    spec = TaskSpec(n_train=300, n_test=50)
-    a, b = write_splits(spec, tmp_path / "a"), write_splits(spec, tmp_path / "b")
-    for name in a:
-        assert a[name].read_bytes() == b[name].read_bytes()
+    spec = TaskSpec.defaults(n_train=300, n_test=50)
+    files = {run: [tmp_path / f"{run}-{name}.jsonl" for name in ("train", "test", "sft")] for run in "ab"}
+    for run in files:
+        write_splits(spec, *files[run])
+    for a, b in zip(files["a"], files["b"]):
+        assert a.read_bytes() == b.read_bytes() and a.stat().st_size > 0
     splits = build_splits(spec)
     assert not {r["question"] for r in splits["train"]} & {r["question"] for r in splits["test"]}
-    assert build_splits(TaskSpec(n_train=300, n_test=50, seed=99))["test"] != splits["test"]
+    assert build_splits(TaskSpec.defaults(n_train=300, n_test=50, seed=99))["test"] != splits["test"]
 
 
 def test_solutions_end_with_the_right_answer_unless_they_slip():
@@ -30,7 +33,7 @@ def test_solutions_end_with_the_right_answer_unless_they_slip():
 
 
 def test_demonstration_mix_matches_the_spec():
-    spec = TaskSpec(n_train=2000, n_test=10)
+    spec = TaskSpec.defaults(n_train=2000, n_test=10)
     sft = build_splits(spec)["sft"]
     verbose = sum(r["verbose"] for r in sft) / len(sft)
     assert abs(verbose - spec.verbose_share) < 0.05

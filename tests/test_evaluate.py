@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from layerbench.paths import EvalFolder
 from layerbench.stages.evaluate import evaluate_model
 from layerbench.stages.evaluate.backends import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, trim_generation
 from layerbench.runtime.io import read_csv
@@ -46,8 +47,8 @@ def eval_study(small_base):
 
 def test_derived_budgets_equal_real_regeneration(small_base, eval_study, tmp_path):
     budgets = (24, 40, 96)
-    evaluate_model(small_base["model"], eval_study, budgets, 1, tmp_path / "derived", derive_budgets=True)
-    evaluate_model(small_base["model"], eval_study, budgets, 1, tmp_path / "real", derive_budgets=False)
+    evaluate_model(small_base["model"], eval_study, budgets, 1, EvalFolder(tmp_path / "derived"), derive_budgets=True)
+    evaluate_model(small_base["model"], eval_study, budgets, 1, EvalFolder(tmp_path / "real"), derive_budgets=False)
     derived = read_csv(tmp_path / "derived" / "per_sample.csv")
     real = read_csv(tmp_path / "real" / "per_sample.csv")
     key = lambda r: (int(r["budget"]), int(r["doc_id"]))  # noqa: E731
@@ -62,7 +63,7 @@ def test_recorded_finish_reasons_match_direct_generate(small_base, eval_study, t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    evaluate_model(small_base["model"], eval_study, (40,), 1, tmp_path / "e")
+    evaluate_model(small_base["model"], eval_study, (40,), 1, EvalFolder(tmp_path / "e"))
     records = {r["doc_id"]: r for r in map(json.loads, (tmp_path / "e" / "generations_layerbench_arith.jsonl").open())}
     tests = [json.loads(line) for line in (small_base["data"] / "test.jsonl").open()]
     tok = AutoTokenizer.from_pretrained(small_base["model"])

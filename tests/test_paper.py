@@ -26,6 +26,8 @@ import yaml
 
 from conftest import OFFLINE, ROOT, job_stats, snakemake_in, study_workdir
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
+from layerbench.paths import StudyPaths
+from layerbench.stages.train import batch_geometry, optimizer_steps, trl_loss
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
 QWEN3 = [p for p in PAPER if p.name.startswith("qwen3-")]
@@ -113,22 +115,23 @@ def test_paper_and_scripts_variants_differ_exactly_where_the_sources_do(size):
 def test_dr_grpo_study_follows_its_row():
     study = _study("qwen2.5-math-1.5b-drgrpo.yaml")
     rl = study.rl_for(Arm("layer", (3,)))
-    assert rl.trl_loss == {"loss_type": "dr_grpo", "scale_rewards": "none"}
+    assert trl_loss(rl) == {"loss_type": "dr_grpo", "scale_rewards": "none"}
     assert (rl.num_generations, rl.prompts_per_step, rl.epochs, rl.temperature, rl.beta) == (8, 128, 5, 1.0, 0.0)
     assert study.limits.max_completion_tokens == 3000
     assert study.model.context_length == 4096
     assert max(study.limits.eval_budgets) + study.limits.max_prompt_tokens <= 4096
     assert {"aime24", "aime25", "minerva_math"} <= {s.task for s in study.eval.suites}
-    assert rl.optimizer_steps(12000) == 5 * (12000 // 128)
+    assert optimizer_steps(rl, 12000) == 5 * (12000 // 128)
 
 
 def test_optimizer_steps_follow_epochs_and_batch_geometry():
     rl = _study("qwen3-1.7b-grpo-scripts.yaml").rl_for(Arm("full"))
     # 50,000 prompts / 512 per rollout batch = 97 batches; 4 updates of 128 prompts each; 2 epochs
-    assert rl.optimizer_steps(50000) == 2 * 97 * 4
-    assert (rl.completions_per_step, rl.mini_batch, rl.micro_batch) == (2560, 640, 8)
+    assert optimizer_steps(rl, 50000) == 2 * 97 * 4
+    batch = batch_geometry(rl)
+    assert (batch.per_rollout, batch.mini, batch.micro) == (2560, 640, 8)
     with pytest.raises(ValueError, match="fewer than"):
-        rl.optimizer_steps(100)
+        optimizer_steps(rl, 100)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -155,7 +158,7 @@ def test_default_study_keeps_its_meaning_and_fingerprints():
               "bf16"}  # set on purpose: fp32 on CPU (config/default.yaml)
     for arm in study.trained_arms:
         assert set(study.rl_for(arm).identity()) == legacy
-    assert study.rl_for(Arm("full")).optimizer_steps() == study.rl.steps
+    assert optimizer_steps(study.rl_for(Arm("full"))) == study.rl.steps
 
 
 def test_default_grpo_config_is_unchanged(tmp_path):
@@ -248,7 +251,7 @@ def test_preflight_accepts_the_paper_limits_offline_without_downloading(path, tm
     study = load_study(path)
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps({"prompt": "What is 1+1?" + study.data.hub.prompt_suffix, "answer": "2"}) + "\n")
-    report = run_preflight(study, None, train, tmp_path / "out")
+    report = run_preflight(study, None, train, StudyPaths(study, tmp_path / "out"))
     assert report.status == "warn"  # warnings only: unmeasured prompts and unchecked suites
     by_check = {}
     for check in report.checks:
@@ -301,6 +304,7 @@ def test_grpo_config_for_the_paper_variants(name, arm, expected, tmp_path):
 
     study = _study(name)
     rl = study.rl_for(arm)
+    batch = batch_geometry(rl)
     n_prompts = 12000 if "math-1.5b" in name else 50000
     args = grpo_args(rl, study.limits.max_completion_tokens, 3, tmp_path,
                      max_prompt_tokens=study.limits.max_prompt_tokens, n_prompts=n_prompts, use_cpu=True)
@@ -308,9 +312,8 @@ def test_grpo_config_for_the_paper_variants(name, arm, expected, tmp_path):
                   vllm_max_model_length=study.limits.max_prompt_tokens + study.limits.max_completion_tokens,
                   max_completion_length=study.limits.max_completion_tokens, beta=rl.beta, epsilon=0.2, seed=3,
                   data_seed=3, bf16=True, gradient_checkpointing=True, weight_decay=0.01,
-                  per_device_train_batch_size=rl.micro_batch,
-                  gradient_accumulation_steps=rl.mini_batch // rl.micro_batch,
-                  steps_per_generation=rl.completions_per_step // rl.micro_batch, lr_scheduler_type="constant")
+                  per_device_train_batch_size=batch.micro, gradient_accumulation_steps=batch.mini // batch.micro,
+                  steps_per_generation=batch.per_rollout // batch.micro, lr_scheduler_type="constant")
     for key, value in {**common, **expected}.items():
         got = getattr(args, key)
         got = getattr(got, "value", got)  # enums (lr_scheduler_type)

@@ -25,12 +25,13 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, small_study_raw
-from layerbench.config import study_from_dict
+from layerbench.config import HubData, ModelConfig, study_from_dict
 
 # --- Hub data, model and benchmark exports ----------------------------------------
 
@@ -51,8 +52,8 @@ def test_draw_sample_is_seeded_and_keeps_source_indices(tmp_path):
     from layerbench.stages.download import draw_sample
 
     data = _numina_like()
-    hub = {"id": "AI-MO/NuminaMath-CoT", "split": "train", "sample": 20, "test_size": 5, "seed": 42,
-           "question_field": "problem", "answer_field": "solution", "answer_extract": "boxed"}
+    hub = HubData.defaults(id="AI-MO/NuminaMath-CoT", split="train", sample=20, test_size=5, seed=42,
+                           question_field="problem", answer_field="solution", answer_extract="boxed")
     info = draw_sample(hub, tmp_path / "a.jsonl", dataset=data)
     draw_sample(hub, tmp_path / "b.jsonl", dataset=data)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
@@ -64,23 +65,23 @@ def test_draw_sample_is_seeded_and_keeps_source_indices(tmp_path):
         assert data[r["index"]]["problem"] == r["question"]
         assert r["answer"] == (None if r["index"] % 10 == 3 else str(r["index"] + 1))
     assert info["without_answer"] == sum(r["answer"] is None for r in rows)
-    other = draw_sample({**hub, "seed": 7}, tmp_path / "c.jsonl", dataset=data)
+    other = draw_sample(replace(hub, seed=7), tmp_path / "c.jsonl", dataset=data)
     assert (tmp_path / "c.jsonl").read_text() != (tmp_path / "a.jsonl").read_text() and other["drawn"] == 25
     with pytest.raises(ValueError, match="has 40 rows"):
-        draw_sample({**hub, "sample": 39}, tmp_path / "d.jsonl", dataset=data)
+        draw_sample(replace(hub, sample=39), tmp_path / "d.jsonl", dataset=data)
 
 
 def test_hub_splits_use_the_prompt_suffix_and_drop_rows_without_answer(tmp_path):
     from layerbench.stages.data import write_hub_splits
     from layerbench.stages.download import draw_sample
 
-    hub = {"id": "x", "split": "train", "sample": 20, "test_size": 5, "seed": 42, "question_field": "problem",
-           "answer_field": "solution", "answer_extract": "boxed",
-           "prompt_suffix": " Let's think step by step and output the final answer within \\boxed{}."}
+    hub = HubData.defaults(id="x", split="train", sample=20, test_size=5, seed=42, question_field="problem",
+                           answer_field="solution", answer_extract="boxed",
+                           prompt_suffix=" Let's think step by step and output the final answer within \\boxed{}.")
     info = draw_sample(hub, tmp_path / "hub_sample.jsonl", dataset=_numina_like())
-    summary = write_hub_splits(hub, tmp_path / "hub_sample.jsonl", tmp_path / "data")
-    train = [json.loads(x) for x in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
-    test = [json.loads(x) for x in (tmp_path / "data" / "test.jsonl").read_text().splitlines()]
+    summary = write_hub_splits(hub, tmp_path / "hub_sample.jsonl", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    train = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "test.jsonl").read_text().splitlines()]
     assert summary["train"] + summary["test"] + sum(summary["dropped_without_answer"].values()) == 25
     assert sum(summary["dropped_without_answer"].values()) == info["without_answer"]
     assert not {r["index"] for r in train} & {r["index"] for r in test}
@@ -95,10 +96,10 @@ def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):
     from layerbench.stages.download import draw_sample
 
     data = Dataset.from_list([{"problem": f"p{i}", "answer": str(i)} for i in range(12)])
-    hub = {"id": "hiyouga/math12k", "split": "train", "seed": 42, "question_field": "problem",
-           "answer_field": "answer", "answer_extract": "none", "prompt_suffix": "!"}
+    hub = HubData.defaults(id="hiyouga/math12k", split="train", seed=42, question_field="problem",
+                           answer_field="answer", answer_extract="none", prompt_suffix="!")
     draw_sample(hub, tmp_path / "s.jsonl", dataset=data)
-    summary = write_hub_splits(hub, tmp_path / "s.jsonl", tmp_path / "data")
+    summary = write_hub_splits(hub, tmp_path / "s.jsonl", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
     assert (summary["train"], summary["test"]) == (12, 0)
 
 
@@ -119,14 +120,14 @@ def test_download_model_pins_the_commit_and_checks_the_declared_shape(tmp_path):
         Path(local_dir, "config.json").write_text(json.dumps({"num_hidden_layers": 28,
                                                               "max_position_embeddings": 32768}))
 
-    model = {"source": "hub", "id": "Qwen/Qwen3-1.7B-Base", "revision": "main", "num_layers": 28,
-             "context_length": 32768}
+    model = ModelConfig.defaults(source="hub", id="Qwen/Qwen3-1.7B-Base", revision="main", num_layers=28,
+                                 context_length=32768)
     source = download_model(model, tmp_path / "base_model", api=Api(), snapshot=snapshot)
     assert seen == {"info": ("Qwen/Qwen3-1.7B-Base", "main"), "snapshot": ("Qwen/Qwen3-1.7B-Base", "0123abcd" * 5)}
     assert json.loads((tmp_path / "base_model" / "layerbench_source.json").read_text()) == source
     assert source["commit"] == "0123abcd" * 5
     with pytest.raises(ValueError, match="model.num_layers=36 but config.json has 28"):
-        download_model({**model, "num_layers": 36}, tmp_path / "other", api=Api(), snapshot=snapshot)
+        download_model(replace(model, num_layers=36), tmp_path / "other", api=Api(), snapshot=snapshot)
     assert not (tmp_path / "other").exists()
 
 
@@ -220,6 +221,7 @@ def _per_sample(out: Path) -> list[dict]:
 
 
 def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, tmp_path):
+    from layerbench.paths import EvalFolder
     from layerbench.stages.evaluate import evaluate_model
 
     data = tmp_path / "amc.jsonl"
@@ -231,7 +233,7 @@ def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, 
                    "batch_size": 9, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 42}
     study = study_from_dict(raw)
     assert study.eval.derive is False
-    scores = evaluate_model(small_base["model"], study.eval, (8, 16), 1, tmp_path / "out")
+    scores = evaluate_model(small_base["model"], study.eval, (8, 16), 1, EvalFolder(tmp_path / "out"))
     rows = _per_sample(tmp_path / "out")
     assert len(rows) == 3 * 3 * 2  # docs x repeats x budgets, each budget generated
     assert {(r["doc_id"], r["repeat"]) for r in rows} == {(str(d), str(k)) for d in range(3) for k in range(3)}
@@ -246,6 +248,7 @@ def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, 
 def test_a_named_filter_is_scored_and_other_filters_do_not_trip_the_check(small_base, tmp_path):
     import yaml
 
+    from layerbench.paths import EvalFolder
     from layerbench.stages.evaluate import evaluate_model
 
     cfg = yaml.safe_load((ROOT / "benchmarks" / "arith" / "arith.yaml").read_text())
@@ -264,7 +267,7 @@ def test_a_named_filter_is_scored_and_other_filters_do_not_trip_the_check(small_
         raw["eval"].update(suites=[suite], limit=20)
         study = study_from_dict(raw)
         out = tmp_path / f"out-{name}"
-        results[name] = evaluate_model(small_base["model"], study.eval, (96,), 1, out)["layerbench_arith"]["96"]
+        results[name] = evaluate_model(small_base["model"], study.eval, (96,), 1, EvalFolder(out))["layerbench_arith"]["96"]
         samples = [json.loads(x) for x in (out / "samples_layerbench_arith.jsonl").read_text().splitlines()]
         assert {s["filter"] for s in samples} == {"strict-match", "last-number"}
     # the last number of a worked answer is its final answer more often than not, and never less often
@@ -365,14 +368,15 @@ from dataclasses import replace
 from pathlib import Path
 exec(open(sys.argv[1]).read())
 from layerbench.config import load_study
+from layerbench.paths import EvalFolder
 from layerbench.stages.evaluate import evaluate_model
 
 study = load_study(sys.argv[2])
 out = Path(sys.argv[3])
 ev = replace(study.eval, batch_size=1, limit=20)
-evaluate_model(Path(sys.argv[4]), ev, study.limits.eval_budgets, 1, out / "hf")
+evaluate_model(Path(sys.argv[4]), ev, study.limits.eval_budgets, 1, EvalFolder(out / "hf"))
 evaluate_model(Path(sys.argv[4]), replace(ev, backend="vllm", seed=42, max_model_len=256), study.limits.eval_budgets,
-               1, out / "vllm", context_length=256)
+               1, EvalFolder(out / "vllm"), context_length=256)
 print(json.dumps({"engine": {k: v for k, v in LLM.created[0].args.items() if k in ("seed", "max_model_len", "dtype")},
                   "registered": "layerbench-vllm" in __import__("lm_eval.api.registry", fromlist=["x"]).MODEL_REGISTRY}))
 '''

@@ -7,6 +7,7 @@ import yaml
 
 from conftest import ROOT, small_study_raw
 from layerbench.config import study_from_dict
+from layerbench.paths import StudyPaths, markdown_of
 from layerbench.stages.preflight import PreflightError, run_preflight
 
 
@@ -17,7 +18,12 @@ def _run(small_base, tmp_path, mutate=None, model_dir=None):
         mutate(raw)
     study = study_from_dict(raw)
     model = small_base["model"] if model_dir is None else model_dir
-    return run_preflight(study, model, small_base["data"] / "train.jsonl", tmp_path)
+    return run_preflight(study, model, small_base["data"] / "train.jsonl", StudyPaths(study, tmp_path))
+
+
+def _files(tmp_path) -> StudyPaths:
+    """Where ``_run`` wrote the preflight's tables."""
+    return StudyPaths(study_from_dict(small_study_raw()), tmp_path)
 
 
 def _check(report, name):
@@ -27,10 +33,10 @@ def _check(report, name):
 def test_clean_study_passes_and_writes_its_outputs(small_base, tmp_path):
     report = _run(small_base, tmp_path)
     assert report.status == "ok"
-    saved = json.loads((tmp_path / "preflight.json").read_text())
+    saved = json.loads(_files(tmp_path).preflight.read_text())
     assert saved["status"] == "ok" and len(saved["checks"]) == len(report.checks)
-    assert "| ok | train prompt cap |" in (tmp_path / "preflight.md").read_text()
-    assert (tmp_path / "train_checked.jsonl").read_text() == (small_base["data"] / "train.jsonl").read_text()
+    assert "| ok | train prompt cap |" in markdown_of(_files(tmp_path).preflight).read_text()
+    assert _files(tmp_path).train_checked.read_text() == (small_base["data"] / "train.jsonl").read_text()
 
 
 def test_prompt_over_cap_errors_naming_key_and_numbers(small_base, tmp_path):
@@ -38,7 +44,7 @@ def test_prompt_over_cap_errors_naming_key_and_numbers(small_base, tmp_path):
         _run(small_base, tmp_path, lambda r: r["limits"].update(max_prompt_tokens=8))
     text = str(info.value)
     assert "limits.max_prompt_tokens=8" in text and "longest 13" in text
-    assert not (tmp_path / "train_checked.jsonl").exists()
+    assert not _files(tmp_path).train_checked.exists()
 
 
 @pytest.mark.parametrize("policy", ["filter", "truncate_left"])
@@ -47,7 +53,7 @@ def test_prompt_policies_count_what_they_did(small_base, tmp_path, policy):
     [check] = _check(report, "train prompt cap")
     over = check["numbers"]["over_cap"]
     assert check["status"] == "warn" and over > 0
-    kept = (tmp_path / "train_checked.jsonl").read_text().splitlines()
+    kept = _files(tmp_path).train_checked.read_text().splitlines()
     total = len((small_base["data"] / "train.jsonl").read_text().splitlines())
     assert len(kept) == (total - over if policy == "filter" else total)
 

@@ -4,8 +4,9 @@ model answers stay text), validated by the Nu HTML checker, screenshot saved
 to test-artifacts/report.png.
 
 The studies are built with layerbench's own functions (``collect``,
-``summarise``, ``pairing_rows``, the preflight ``Report``) on synthetic eval
-outputs: no model runs, and nothing under results/ is read.
+``summarise``, ``pairing_rows`` and ``write_audits``, the preflight
+``Report``) on synthetic eval outputs: no model runs, and nothing under
+results/ is read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import re
 import shutil
 import tempfile
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # --------------------------------------------------------------------------
 def _tokenizer(path: Path):
     """A byte-level tokenizer without merges (one token per ASCII character),
-    saved where the report looks for the study's tokenizer."""
+    saved where collect looks for the study's tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {"<|endoftext|>": 0}
@@ -75,25 +77,35 @@ def _answer(style: str, x: int, y: int, answer: int) -> str:
     return f" Let's go step by step. {steps} So the answer is #### {answer}"
 
 
+def collect_study(paths) -> None:
+    """Stage collect, writing where the workflow has it write."""
+    from layerbench.stages.collect import collect
+
+    collect(paths, scores=paths.scores, contributions=paths.contributions, training=paths.training_metrics,
+            decomposition=paths.decomposition, ranking=paths.ranking, provenance=paths.provenance,
+            timings=paths.timings, samples=paths.samples, verdicts=paths.verdicts)
+
+
 def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), seeds=(1, 2), n: int = 30,
                complete: bool = True):
     """Write results/<name>/ under ``root`` as a finished study would, and
     return its StudyPaths. ``complete=False`` leaves out every file that
-    collect does not write (preflight, checks) and the decomposition."""
-    from layerbench.stages.collect import collect
+    collect does not write (preflight, checks, repro) and the decomposition."""
+    from layerbench.config import study_from_dict
+    from layerbench.paths import ModelFolder, StudyPaths
+    from layerbench.stages.checks import pairing_rows, write_audits
     from layerbench.stages.evaluate import summarise
-    from layerbench.stages.checks import AUDIT_COLUMNS, PAIRING_COLUMNS, pairing_rows
     from layerbench.stages.preflight import Report
-    from layerbench.paths import StudyPaths
 
     raw = small_study_raw(name)
     raw["seeds"] = list(seeds)
     raw["limits"]["eval_budgets"] = list(budgets)
     raw["eval"]["suites"] = [{"task": task, "include_path": str(ROOT / "benchmarks" / "arith")} if task == TASK
                              else {"task": task}]  # another task: one of lm-eval's own
-    paths = StudyPaths.from_config(raw, root)
+    paths = StudyPaths(study_from_dict(raw), root)
     study = paths.study
-    tok = _tokenizer(paths.results / "base_model" / "tokenizer.json")
+    study.write(paths.study_file)
+    tok = _tokenizer(ModelFolder(paths.base_model).tokenizer)
     top = max(budgets)
     for arm in study.arms:
         for seed in seeds:
@@ -117,64 +129,65 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                 generations.append({"doc_id": i, "repeat": 0, "run_budget": top, "n_tokens": min(len(ids), top),
                                     "finish_reason": "length" if len(ids) > top else "eos",
                                     "token_ids": ids[:top]})
-            out = paths.eval_dir(arm, seed)
-            atomic_write_csv(out / "per_sample.csv", rows, list(rows[0]))
-            atomic_write_jsonl(out / f"samples_{task}.jsonl", samples)
-            atomic_write_jsonl(out / f"generations_{task}.jsonl", generations)
-            atomic_write_json(out / "scores.json", {"budgets": list(budgets), "derived_budgets": True, "seed": seed,
-                                                    "tasks": {task: summarise(rows, task, budgets)}})
+            out = paths.eval(arm, seed)
+            atomic_write_csv(out.per_sample, rows, list(rows[0]))
+            atomic_write_jsonl(out.samples(task), samples)
+            atomic_write_jsonl(out.generations(task), generations)
+            atomic_write_json(out.scores, {"budgets": list(budgets), "derived_budgets": True, "seed": seed,
+                                           "tasks": {task: summarise(rows, task, budgets)}})
     for arm in study.trained_arms:
         for seed in seeds:
-            run = paths.run_dir(arm, seed)
+            run = paths.run(arm, seed)
             gain = {"full": 0.4, "layer:0": 0.15}.get(arm.name, 0.3)
             metrics = [{"step": s, "reward": round(0.4 + gain * s / 20 + 0.03 * (s % 3), 4),
                         "completions/mean_length": round(36 - 10 * gain * s / 20, 2),
                         "rollouts/truncated_share": round(max(0.0, 0.45 - gain * s / 20), 4), "loss": 0.0}
                        for s in range(1, 21)]
-            atomic_write_csv(run / "metrics.csv", metrics, list(metrics[0]))
-            atomic_write_json(run / "summary.json", {"step0_rollout_sha256": f"{seed:064x}"})
+            atomic_write_csv(run.metrics, metrics, list(metrics[0]))
+            atomic_write_json(run.summary, {"step0_rollout_sha256": f"{seed:064x}"})
     for job, seconds in (("model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
         tsv = paths.benchmarks / f"{job}.tsv"
         tsv.parent.mkdir(parents=True, exist_ok=True)
         tsv.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{seconds}\t0:00:12\t512.0\t{seconds}\n")
-    atomic_write_json(paths.results / "wall_time.json", {"wall_seconds": 61.2})
-    collect(paths)
+    atomic_write_json(paths.wall_time, {"wall_seconds": 61.2})
+    collect_study(paths)
     if not complete:
-        (paths.results / "decomposition.csv").unlink()
+        paths.decomposition.unlink()
         return paths
 
     report = Report()
     report.add("eval context", task, "ok", f"all {n} contexts + budget {top} fit the context 256", budget=top)
     report.add("eval budgets vs training cap", "limits.eval_budgets", "warn", "no budget above the cap",
                budgets=list(budgets), cap=study.limits.max_completion_tokens)
-    atomic_write_json(paths.results / "preflight.json", {"status": report.status, "checks": report.checks})
-    runs = {(a.name, s): paths.run_dir(a, s) for a in study.trained_arms for s in seeds}
-    atomic_write_csv(paths.results / "pairing.csv", pairing_rows(runs), PAIRING_COLUMNS)
+    atomic_write_json(paths.preflight, {"status": report.status, "checks": report.checks})
+    runs = {(a.name, s): paths.run(a, s) for a in study.trained_arms for s in seeds}
     parts = ["embed"] + [f"layers.{k}" for k in range(study.num_layers)] + ["final_norm", "lm_head"]
-    audit = [{"arm": a.name, "seed": s, "part": p,
-              "changed": int(a.kind == "full" or p in {f"layers.{k}" for k in a.layers or ()}),
-              "rel_change": "1.000e-02"} for a in study.trained_arms for s in seeds for p in parts]
-    atomic_write_csv(paths.results / "param_audit.csv",
-                     [{**r, "rel_change": r["rel_change"] if r["changed"] else "0.000e+00"} for r in audit],
-                     AUDIT_COLUMNS)
-    atomic_write_json(paths.results / "repro.json", {
+    audit = []  # what audit_parameters finds in a fair study: each arm moved exactly what it trains
+    for a in study.trained_arms:
+        trained = {f"layers.{k}" for k in a.layers or ()}
+        audit += [{"arm": a.name, "seed": s, "part": p, "changed": int(a.kind == "full" or p in trained),
+                   "rel_change": 0.01 if a.kind == "full" or p in trained else 0.0} for s in seeds for p in parts]
+    write_audits(pairing_rows(runs), audit, paths.pairing, paths.param_audit, paths.checks)
+    atomic_write_json(paths.repro, {
         "arm": "layer:0", "seed": seeds[0], "bitwise_equal": True, "metrics_equal": True, "rollouts_equal": True,
         "max_abs_weight_diff": 0.0, "max_abs_metric_diff": 0.0, "device": "test CPU"})
     return paths
 
 
 def inject_hostile(paths) -> None:
-    """A model answer and a provenance field that try to run code."""
+    """A model answer and a provenance field that try to run code. Collect
+    runs again, so that its sample browser carries the answer."""
     from layerbench.config import Arm
 
-    samples = paths.eval_dir(Arm("full"), paths.study.seeds[0]) / f"samples_{TASK}.jsonl"
+    samples = paths.eval(Arm("full"), paths.study.seeds[0]).samples(TASK)
     records = [json.loads(line) for line in samples.read_text().splitlines()]
     for r in records:
         r["resps"] = [[HOSTILE]]
     atomic_write_jsonl(samples, records)
-    prov = json.loads((paths.results / "provenance.json").read_text())
+    collect_study(paths)
+    prov = json.loads(paths.provenance.read_text())
     prov["cpu_model"] = HOSTILE_CONFIG
-    atomic_write_json(paths.results / "provenance.json", prov)
+    atomic_write_json(paths.provenance, prov)
 
 
 @pytest.fixture(scope="session")
@@ -294,12 +307,14 @@ def test_report_is_self_contained_valid_html(studies):
 
 
 def test_headline_answers_in_one_sentence(studies):
-    from layerbench.stages.report import headline
+    from layerbench.analysis.verdicts import headline
 
     html = studies["alpha"].report.read_text()
     sentence = re.search(r'<p class="verdict (\w+)">(.*?)</p>', html, re.S)
     assert sentence and sentence.group(1) in ("yes", "no", "partly", "unclear", "undetermined")
     assert "40-token training cap" in sentence.group(2) and "96 tokens" in sentence.group(2)
+    decided = json.loads(studies["alpha"].verdicts.read_text())["headline"]  # collect decided, the page shows it
+    assert (sentence.group(1), unescape(sentence.group(2))) == (decided["answer"], decided["sentence"])
 
     def rows(*cells):
         return [{"arm": a, "budget": b, "C": c, "ci_low": lo, "ci_high": hi, "reason": r}
@@ -320,7 +335,7 @@ def test_headline_answers_in_one_sentence(studies):
 
 def test_sections_without_their_files_say_so(studies):
     html = studies["sparse"].report.read_text()
-    for name in ("decomposition.csv", "preflight.json", "pairing.csv", "param_audit.csv", "repro.json"):
+    for name in ("decomposition.csv", "preflight.json", "checks.json", "repro.json"):
         assert f"not produced by this study: {name} missing" in html
     headings = re.findall(r"<h2>(.*?)</h2>", html)
     assert [h.replace("&amp;", "&") for h in headings] == SECTIONS
@@ -337,7 +352,7 @@ def test_truncated_answers_are_marked_where_the_budget_ran_out(studies):
 
 
 def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
-    from layerbench.stages.report import compare_command
+    from layerbench.stages.report.compare import compare_command
 
     alpha, beta, gamma = (studies[k].results for k in ("alpha", "beta", "gamma"))
     out = tmp_path / "compare" / "index.html"
@@ -375,6 +390,25 @@ def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=False)
 
 
+def test_report_reads_only_collect_and_check_outputs(studies, tmp_path):
+    """Without the runs, the evaluations, the benchmarks and the base model
+    (no tokenizer), the same page renders: everything it shows comes from
+    collect's and the checks' files."""
+    from layerbench.paths import StudyPaths
+    from layerbench.stages.report import render_study_report
+
+    alpha = studies["alpha"]
+    shutil.copytree(alpha.root, tmp_path / "copy")
+    paths = StudyPaths(alpha.study, tmp_path / "copy")
+    study = paths.study
+    folders = [paths.eval(a, s).path for a in study.arms for s in study.seeds]
+    folders += [paths.run(a, s).path for a in study.trained_arms for s in study.seeds]
+    for folder in folders + [paths.benchmarks, paths.base_model]:
+        shutil.rmtree(folder)
+    out = render_study_report(paths, tmp_path / "index.html")
+    assert out.read_text() == alpha.report.read_text()
+
+
 def test_report_rows_come_from_the_tables(studies):
     """Spot-check numbers on the page against scores.csv and contributions.csv."""
     paths = studies["alpha"]
@@ -388,16 +422,16 @@ def test_report_rows_come_from_the_tables(studies):
 
 
 def test_cut_marks_split_the_answer_at_each_budget():
-    from layerbench.stages.report import _segments
+    from layerbench.stages.collect import segments
 
     text = "abcdefghij"
     ids = list(range(10))
     decode = lambda ids: "".join(text[i] for i in ids)  # noqa: E731
-    pieces = _segments(text, ids, [4, 7], decode)
+    pieces = segments(text, ids, [4, 7], decode)
     assert [(p["text"], p["mark"], p["beyond"]) for p in pieces] == [
         ("abcd", 4, False), ("efg", 7, True), ("hij", None, True)]
-    assert _segments("something else", ids, [4], decode) is None  # tokens do not match the text: no marks
-    assert _segments(text, ids, [], decode) is None
+    assert segments("something else", ids, [4], decode) is None  # tokens do not match the text: no marks
+    assert segments(text, ids, [], decode) is None
 
 
 def test_missing_browser_or_java_fails_with_how_to_install(monkeypatch):
@@ -414,13 +448,14 @@ def test_wall_time_is_the_latest_run_measured_up_to_now_until_it_ends(tmp_path):
 
     from layerbench.runtime.timing import latest_wall_time, record
 
-    assert latest_wall_time(tmp_path) is None
-    atomic_write_json(tmp_path / "wall_time.json", {"started": 1.0, "finished": 62.2, "wall_seconds": 61.2})
-    assert latest_wall_time(tmp_path) == {"seconds": 61.2, "complete": True}  # no marker: the file's run
-    record(tmp_path, "start")
+    wall = tmp_path / "results" / "wall_time.json"
+    assert latest_wall_time(wall) is None
+    atomic_write_json(wall, {"started": 1.0, "finished": 62.2, "wall_seconds": 61.2})
+    assert latest_wall_time(wall) == {"seconds": 61.2, "complete": True}  # no marker: the file's run
+    record(wall, "start")
     time.sleep(1.1)
-    running = latest_wall_time(tmp_path)
+    running = latest_wall_time(wall)
     assert running["complete"] is False and 1.0 <= running["seconds"] < 30
-    record(tmp_path, "finish")
-    finished = latest_wall_time(tmp_path)
+    record(wall, "finish")
+    finished = latest_wall_time(wall)
     assert finished["complete"] is True and finished["seconds"] >= running["seconds"]

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from layerbench.config import Arm
+from layerbench.paths import RunFolder
 from layerbench.runtime.io import read_csv
 from layerbench.stages.train import RecordingReward, freeze_for_arm, train_arm, truncation_by_step
 
@@ -47,7 +48,7 @@ def trained(small_base, tmp_path_factory):
     for arm, seed in ((Arm("full"), 1), (Arm("layer", (1,)), 1), (Arm("layer", (1,)), 2)):
         runs[(arm.name, seed)] = out / f"{arm.slug}_{seed}"
         train_arm(small_base["model"], small_base["data"] / "train.jsonl", arm, seed, study.rl_for(arm),
-                  study.limits.max_completion_tokens, runs[(arm.name, seed)])
+                  study.limits.max_completion_tokens, RunFolder(runs[(arm.name, seed)]))
     return runs
 
 

@@ -33,11 +33,12 @@ def stock_samples(small_base, tmp_path_factory):
 
 
 def test_audit_flags_exactly_the_answers_that_hit_the_budget(small_base, stock_samples, tmp_path):
+    from layerbench.paths import EvalFolder
     from layerbench.stages.evaluate import evaluate_model
 
     study = small_base["study"]
     suite = replace(study.eval.suites[0], data_files=str(small_base["data"] / "test.jsonl"))
-    evaluate_model(small_base["model"], replace(study.eval, suites=(suite,)), (BUDGET,), 1, tmp_path / "ours")
+    evaluate_model(small_base["model"], replace(study.eval, suites=(suite,)), (BUDGET,), 1, EvalFolder(tmp_path / "ours"))
     truth = {r["doc_id"]: r["finish_reason"] == "length"
              for r in map(json.loads, (tmp_path / "ours" / "generations_layerbench_arith.jsonl").open())}
     run = subprocess.run([sys.executable, "-m", "layerbench", "audit", str(stock_samples), "--tokenizer",

@@ -16,7 +16,7 @@ from pathlib import Path
 from layerbench.runtime.io import read_csv
 
 SOLVED_AT = 0.5  # at least half the credit: a 0/1 metric's 1, a fractional metric's majority
-_FLAGS = {"1": True, "True": True, "true": True, "0": False, "False": False, "false": False}
+_FLAGS = {"1": True, "0": False, "True": True, "False": False}  # evaluate writes 0/1
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,13 @@ PerSampleTable = dict[tuple[str, int], list[PerSample]]  # (arm, seed) -> that e
 
 def read_per_sample(path: Path) -> list[PerSample]:
     return [PerSample(task=r["task"], doc_id=int(r["doc_id"]), repeat=int(r["repeat"]), budget=int(r["budget"]),
-                      correct=float(r["correct"]), truncated=_flag(r["truncated"]),
+                      correct=float(r["correct"]), truncated=_flag(r["truncated"], path),
                       n_tokens=int(float(r["n_tokens"])) if r["n_tokens"] else None)
             for r in read_csv(path)]
 
 
-def _flag(value: str) -> bool:
+def _flag(value: str, path: Path) -> bool:
     try:
         return _FLAGS[value]
     except KeyError:
-        raise ValueError(f"per_sample.csv: truncated must be 0 or 1, not {value!r}") from None
+        raise ValueError(f"{path}: truncated must be 0 or 1, not {value!r}") from None

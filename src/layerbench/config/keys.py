@@ -106,9 +106,10 @@ def _literal(value) -> str:
 
 
 def _escape(text: str) -> str:
-    """Markdown-table-safe text: a pipe would end the cell, and ``<study>``
-    would be read as an HTML tag."""
-    return text.replace("|", "\\|").replace("<", "\\<")
+    """Markdown-table-safe text: a pipe would end the cell (even in a code
+    span), and ``<study>`` outside a code span would be read as an HTML tag."""
+    parts = text.replace("|", "\\|").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "\\<") for i, p in enumerate(parts))
 
 
 def replace_block(text: str, table: str) -> str:

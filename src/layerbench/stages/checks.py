@@ -46,7 +46,7 @@ def pairing_rows(runs: dict[tuple[str, int], RunFolder]) -> list[dict]:
 def check_pairing(rows: list[dict]) -> None:
     """Raise naming the arms whose first rollouts differ from the rest of
     their seed, and the seeds that share rollouts."""
-    _raise("pairing check", pairing_problems(rows))
+    _raise({"pairing check": pairing_problems(rows)})
 
 
 def pairing_problems(rows: list[dict]) -> list[str]:
@@ -71,9 +71,11 @@ def pairing_problems(rows: list[dict]) -> list[str]:
     return problems
 
 
-def _raise(check: str, problems: list[str]) -> None:
-    if problems:
-        raise IntegrityError(f"{check} failed:\n  " + "\n  ".join(problems))
+def _raise(problems: dict[str, list[str]]) -> None:
+    """One IntegrityError for every check ({check: problems}) that has problems."""
+    failed = [f"{check} failed:\n  " + "\n  ".join(found) for check, found in problems.items() if found]
+    if failed:
+        raise IntegrityError("\n".join(failed))
 
 
 def model_parts(state: dict) -> dict[str, list[str]]:
@@ -130,7 +132,7 @@ def part_order(part: str):
 
 def check_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
     """Raise when a frozen part of ``arm`` changed or a trained part did not."""
-    _raise("parameter audit", audit_problems(arm, seed, rows))
+    _raise({"parameter audit": audit_problems(arm, seed, rows)})
 
 
 def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
@@ -157,23 +159,22 @@ def run_audits(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing
     write_audits(pairing_rows(runs), audit_rows, pairing, audit, checks)
 
 
-def write_audits(pairing_rows: list[dict], audit_rows: list[dict], pairing: Path, audit: Path,
-                 checks: Path) -> dict:
-    """Write the pairing table, the parameter audit (relative change to four
-    digits) and ``checks`` (their summaries); then raise on any violation, so
-    the files show what went wrong. Returns the summaries:
+def write_audits(pairings: list[dict], audits: list[dict], pairing: Path, audit: Path, checks: Path) -> dict:
+    """Write the pairing rows (``pairing_rows``), the parameter audit rows
+    (``audit_parameters`` plus arm and seed; relative change to four digits)
+    and ``checks``, their summaries; then raise on any violation, so the files
+    show what went wrong. Returns the summaries:
 
     {"pairing": {"seeds": [{seed, arms, distinct, sha (first 16 hex of the
     hash most arms share), odd: [arms]}], "rows", "problems", "ok"},
      "param_audit": {"parts", "rows": [{arm, cells: [{changed, rel, status}
     or None per part]}], "problems", "ok"}}"""
-    audit_rows = [{**r, "rel_change": f"{r['rel_change']:.3e}"} for r in audit_rows]
-    atomic_write_csv(pairing, pairing_rows, PAIRING_COLUMNS)
-    atomic_write_csv(audit, audit_rows, AUDIT_COLUMNS)
-    summary = {"pairing": pairing_summary(pairing_rows), "param_audit": audit_summary(audit_rows)}
+    audits = [{**r, "rel_change": f"{r['rel_change']:.3e}"} for r in audits]
+    atomic_write_csv(pairing, pairings, PAIRING_COLUMNS)
+    atomic_write_csv(audit, audits, AUDIT_COLUMNS)
+    summary = {"pairing": pairing_summary(pairings), "param_audit": audit_summary(audits)}
     atomic_write_json(checks, summary)
-    _raise("parameter audit", summary["param_audit"]["problems"])
-    _raise("pairing check", summary["pairing"]["problems"])
+    _raise({"parameter audit": summary["param_audit"]["problems"], "pairing check": summary["pairing"]["problems"]})
     return summary
 
 

@@ -25,10 +25,12 @@ import numpy as np
 
 from layerbench.analysis.per_sample import PerSample, PerSampleTable, read_per_sample
 from layerbench.analysis.stats import contributions_from_samples
+from layerbench.analysis.truncation import DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows, ranking_rows
 from layerbench.analysis.verdicts import arm_sort_key, best_arms, study_verdicts
 from layerbench.config import Study
 from layerbench.paths import EvalFolder, ModelFolder, StudyPaths
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv, read_jsonl
+from layerbench.runtime.provenance import write_provenance
 
 SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_rate", "finished_accuracy",
                  "mean_tokens"]
@@ -39,10 +41,6 @@ SAMPLES_PER_ARM = 6
 
 def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: Path, decomposition: Path,
             ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path) -> None:
-    from layerbench.analysis.truncation import (DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows,
-                                                ranking_rows)
-    from layerbench.runtime.provenance import write_provenance
-
     study = paths.study
     scored = score_rows(paths)
     atomic_write_csv(scores, scored, SCORE_COLUMNS)
@@ -236,7 +234,6 @@ def segments(text: str | None, ids: list[int] | None, cut: list[int], decode) ->
         start = end
     pieces.append({"text": text[start:], "mark": None, "beyond": True})
     return pieces
-
 
 
 def _max_gen_toks(sample: dict) -> int:

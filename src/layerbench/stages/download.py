@@ -92,7 +92,7 @@ def draw_sample(hub: HubData, out_path: Path, dataset=None) -> dict:
     total = len(dataset)
     want = (hub.sample or total) + (hub.test_size or 0)
     if want > total:
-        raise ValueError(f"data.hub: sample + test_size = {want} but {hub['id']} split {hub['split']} has {total} rows")
+        raise ValueError(f"data.hub: sample + test_size = {want} but {hub.id} split {hub.split} has {total} rows")
     shuffled = dataset.shuffle(seed=hub.seed) if hub.seed is not None else dataset
     indices = _source_indices(shuffled, want)
     rows = shuffled.select(range(want))

@@ -14,7 +14,7 @@ the report. TRL has no prompt cap of its own (it removed
 ``max_prompt_length``) and lm-eval silently left-truncates contexts that do
 not fit, so nobody else would notice.
 
-Offline (no model directory, e.g. a Hub model before ``prepare_model``): the
+Offline (no model directory, e.g. a Hub model before ``download_model``): the
 context length is the config's declared ``model.context_length``, the caps
 and budgets are checked against it, and prompt lengths are not measured.
 Eval suites are only built when their data is at hand: a local task whose

@@ -1,0 +1,247 @@
+"""The report's charts: matplotlib figures as PNG data URIs, so the page needs no files.
+
+Each function takes rows of collect's tidy tables (strings, as read from the
+CSV) and returns a data URI, or None when there is nothing to draw. Arms
+keep one colour and line style across every chart (``arm_style``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+
+from layerbench.analysis.verdicts import arm_label, arm_sort_key, number
+from layerbench.config import Arm
+
+TRAINING_METRICS = (
+    ("reward", "reward (mean)"),
+    ("completions/mean_length", "completion length (tokens)"),
+    ("rollouts/truncated_share", "truncated rollouts (share)"),
+)
+
+
+def mean(values) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _nan(values) -> list[float]:
+    """None as NaN, so that matplotlib leaves a gap."""
+    return [float("nan") if v is None else v for v in values]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({
+        "font.size": 9.5, "axes.titlesize": 10, "axes.labelsize": 9.5, "legend.fontsize": 8.5,
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25,
+        "figure.dpi": 100,
+    })
+    return plt
+
+
+def _png(fig) -> str:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def arm_style(name: str, num_layers: int) -> dict:
+    """One colour and line style per arm, the same in every chart."""
+    import matplotlib
+
+    arm = Arm.parse(name)
+    if arm.kind == "base":
+        return {"color": "#8a8a8a", "ls": ":", "lw": 1.8, "marker": "s"}
+    if arm.kind == "full":
+        return {"color": "#111111", "ls": "-", "lw": 2.2, "marker": "D"}
+    x = sum(arm.layers) / len(arm.layers) / max(1, num_layers - 1)
+    color = matplotlib.colormaps["viridis"](0.05 + 0.8 * x)
+    return {"color": color, "ls": "-" if arm.kind == "layer" else "--", "lw": 1.4, "marker": "o"}
+
+
+def contribution_chart(contributions: list[dict]) -> str | None:
+    """C(k) by layer with 95% CIs, one series per budget."""
+    by_budget = defaultdict(list)
+    for row in contributions:
+        if row["arm"].startswith("layer:") and number(row["C"]) is not None:
+            by_budget[int(row["budget"])].append(row)
+    if not by_budget:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.6, 3.4))
+    offsets = {b: (i - (len(by_budget) - 1) / 2) * 0.12 for i, b in enumerate(sorted(by_budget))}
+    layers = set()
+    for budget, rows in sorted(by_budget.items()):
+        ks = [Arm.parse(r["arm"]).layers[0] for r in rows]
+        layers |= set(ks)
+        ys = [float(r["C"]) for r in rows]
+        lo = [y - number(r["ci_low"]) if number(r["ci_low"]) is not None else 0 for y, r in zip(ys, rows)]
+        hi = [number(r["ci_high"]) - y if number(r["ci_high"]) is not None else 0 for y, r in zip(ys, rows)]
+        ax.errorbar([k + offsets[budget] for k in ks], ys, yerr=[lo, hi], fmt="o-", ms=5, lw=1, capsize=3,
+                    label=f"budget {budget}")
+    ax.axhline(1.0, color="#444", ls="--", lw=1)
+    ax.axhline(0.0, color="#444", ls=":", lw=1)
+    ax.text(1.0, 1.0, " full RL", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="#444")
+    ax.text(1.0, 0.0, " base", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="#444")
+    ax.set_xticks(sorted(layers))
+    ax.set_xlabel("trained decoder layer k")
+    ax.set_ylabel("C(k)")
+    ax.legend(loc="best", frameon=False)
+    return _png(fig)
+
+
+def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap: int) -> str:
+    """S for base, full RL and the best single layer at each budget; dots are seeds."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.6, 3.2))
+    width = 0.26
+    colors = {"base": "#b5b5b5", "full": "#333333", "best": "#2a9d8f"}
+    for i, budget in enumerate(budgets):
+        bars = [("base", "base"), ("full", "full")]
+        if budget in best:
+            bars.append((best[budget], "best"))
+        for j, (arm, role) in enumerate(bars):
+            seeds = per_seed.get((arm, budget), {})
+            if not seeds:
+                continue
+            x = i + (j - 1) * width
+            s = sum(v["accuracy"] for v in seeds.values()) / len(seeds)
+            ax.bar(x, s, width * 0.92, color=colors[role])
+            ax.scatter([x] * len(seeds), [v["accuracy"] for v in seeds.values()], s=9, color="white",
+                       edgecolor="black", linewidth=0.6, zorder=3)
+            name = {"base": "base", "full": "full"}.get(role, arm_label(arm))
+            ax.text(x, 0.02, name, rotation=90, ha="center", va="bottom", fontsize=7.5,
+                    color="white" if role != "base" else "#222")
+            cut = mean([v["truncated"] for v in seeds.values()])
+            if cut:
+                top = max([s] + [v["accuracy"] for v in seeds.values()])
+                ax.text(x, top + 0.02, f"{100 * cut:.0f}% cut", ha="center", va="bottom", fontsize=7.5,
+                        color="#b23a48")
+        if budget not in best:
+            ax.text(i + width, 0.02, "C undefined", rotation=90, ha="center", va="bottom", fontsize=7.5,
+                    color="#777")
+    ax.set_xticks(range(len(budgets)))
+    ax.set_xticklabels([f"{b} tokens" + (" (training cap)" if b == cap else "") for b in budgets])
+    ax.set_ylabel("accuracy S (mean over tasks)")
+    ax.set_ylim(0, 1.08)
+    ax.grid(axis="x", visible=False)
+    return _png(fig)
+
+
+def budget_chart(scores: list[dict], cap: int, num_layers: int) -> str | None:
+    """Accuracy, finished-only accuracy and truncated share vs budget, per arm."""
+    if not scores:
+        return None
+    cells = defaultdict(lambda: defaultdict(list))
+    for r in scores:
+        cells[r["arm"]][int(r["budget"])].append(r)
+    budgets = sorted({int(r["budget"]) for r in scores})
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    panels = (("accuracy", "accuracy"), ("finished_accuracy", "accuracy on finished answers"),
+              ("truncated_rate", "truncated answers (share)"))
+    for ax, (col, title) in zip(axes, panels):
+        for arm in sorted(cells, key=arm_sort_key):
+            ys = [mean(number(r[col]) for r in cells[arm][b]) for b in budgets]
+            style = arm_style(arm, num_layers)
+            ax.plot(budgets, _nan(ys), label=arm_label(arm), ms=4, **style)
+        ax.axvline(cap, color="#b23a48", lw=1, ls="--")
+        ax.set_title(title)
+        ax.set_xticks(budgets)
+        ax.set_xlabel("eval budget (tokens)")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].text(cap, 0.0, " training cap", color="#b23a48", fontsize=7.5, va="bottom")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_chart(rows: list[dict], cap: int, num_layers: int) -> tuple[str | None, list[str]]:
+    """Reward, mean completion length and truncated share per step, one line
+    per arm (mean over seeds, rolling mean)."""
+    notes = [f"column {col} missing from training_metrics.csv" for col, _ in TRAINING_METRICS
+             if rows and col not in rows[0]]
+    if not rows or len(notes) == len(TRAINING_METRICS):
+        return None, notes
+    series = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        series[r["arm"]][int(float(r["step"]))].append(r)
+    n_steps = max(len(v) for v in series.values())
+    window = max(1, round(n_steps / 15))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    for ax, (col, title) in zip(axes, TRAINING_METRICS):
+        ax.set_title(title)
+        ax.set_xlabel("training step")
+        if col not in rows[0]:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#777")
+            continue
+        for arm in sorted(series, key=arm_sort_key):
+            steps = sorted(series[arm])
+            ys = [mean(number(r[col]) for r in series[arm][s]) for s in steps]
+            smooth = [mean(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
+            ax.plot(steps, _nan(smooth), label=arm_label(arm), **{**arm_style(arm, num_layers), "marker": None})
+        if col == "completions/mean_length":
+            ax.axhline(cap, color="#b23a48", lw=1, ls="--")
+            ax.text(0, cap, "cap", color="#b23a48", fontsize=7.5, va="bottom")
+        if col in ("rollouts/truncated_share", "reward"):
+            ax.set_ylim(-0.03, 1.03)
+    handles, labels = next(ax for ax in axes if ax.lines).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    notes.append(f"mean over seeds, rolling mean over {window} step{'s' if window > 1 else ''}")
+    return _png(fig), notes
+
+
+def decomposition_chart(rows: list[dict]) -> str | None:
+    """Per budget and arm: problems gained because they now finish, gained
+    while finishing before, and lost (counts, mean over seeds)."""
+    by_budget = defaultdict(list)
+    for r in rows:
+        by_budget[int(r["budget"])].append(r)
+    if not by_budget:
+        return None
+    plt = _plt()
+    budgets = sorted(by_budget)
+    arms = sorted({r["arm"] for r in rows}, key=arm_sort_key)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(3.7 * len(budgets), 0.5 + 0.32 * len(arms) + 0.6),
+                             sharey=True, sharex=True, squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        rows_b = {r["arm"]: r for r in by_budget[budget]}
+        ys = list(range(len(arms)))[::-1]
+        for y, arm in zip(ys, arms):
+            r = rows_b.get(arm)
+            if r is None:
+                continue
+            trunc = number(r["now_right_was_truncated"]) or 0
+            wrong = number(r["now_right_was_wrong_finished"]) or 0
+            lost = number(r["lost"]) or 0
+            ax.barh(y, trunc, color="#e9a23b", label="now right, was truncated")
+            ax.barh(y, wrong, left=trunc, color="#3b7dd8", label="now right, was wrong (finished)")
+            ax.barh(y, -lost, color="#b23a48", label="lost (was right)")
+        ax.axvline(0, color="#333", lw=0.8)
+        ax.set_title(f"budget {budget}")
+        ax.set_xlabel("problems (mean over seeds)")
+        ax.grid(axis="y", visible=False)
+    axes[0][0].set_yticks(list(range(len(arms)))[::-1])
+    axes[0][0].set_yticklabels([arm_label(a) for a in arms])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    seen = {}
+    for h, lab in zip(handles, labels):
+        seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    return _png(fig)
+
