@@ -11,8 +11,8 @@ import copy
 
 import pytest
 import yaml
-
 from conftest import default_raw, snakemake_in, study_workdir
+
 from layerbench.config import ConfigError, study_from_dict
 
 

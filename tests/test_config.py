@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import default_raw, small_study_raw, snakemake_in, study_workdir
+
 from layerbench.config import Arm, ConfigError, load_study, study_from_dict
 from layerbench.stages.train import trl_loss
 

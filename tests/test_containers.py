@@ -35,11 +35,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, snakemake_in, study_workdir
 
 from layerbench.runtime import containers
-from layerbench.runtime.containers import (build_image, default_base_image, docker_prefix, image_tag, lock_overrides,
-                                   lock_pins, plan)
-from conftest import ROOT, snakemake_in, study_workdir
+from layerbench.runtime.containers import (
+    build_image,
+    default_base_image,
+    docker_prefix,
+    image_tag,
+    lock_overrides,
+    lock_pins,
+    plan,
+)
 
 DOCKERFILE = ROOT / "containers" / "Dockerfile"
 LOCK = ROOT / "environment.lock"

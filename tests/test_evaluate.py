@@ -5,9 +5,14 @@ import json
 import pytest
 
 from layerbench.paths import EvalFolder
-from layerbench.stages.evaluate import evaluate_model
-from layerbench.stages.evaluate.backends import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, trim_generation
 from layerbench.runtime.io import read_csv
+from layerbench.stages.evaluate import evaluate_model
+from layerbench.stages.evaluate.backends import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    trim_generation,
+)
 
 
 def _decode_chars(ids):

@@ -8,7 +8,13 @@ from safetensors.torch import load_file, save_file
 
 from layerbench.config import Arm
 from layerbench.runtime.io import read_csv
-from layerbench.stages.checks import IntegrityError, audit_parameters, check_audit, check_pairing, write_audits
+from layerbench.stages.checks import (
+    IntegrityError,
+    audit_parameters,
+    check_audit,
+    check_pairing,
+    write_audits,
+)
 
 
 def test_pairing_names_the_diverging_arm():

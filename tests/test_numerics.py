@@ -17,8 +17,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import AVX2_MACHINE, small_study_raw, weight_hashes
+
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

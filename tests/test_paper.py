@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import OFFLINE, ROOT, job_stats, snakemake_in, study_workdir
+
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
 from layerbench.paths import StudyPaths
 from layerbench.stages.train import batch_geometry, optimizer_steps, trl_loss
@@ -370,7 +370,13 @@ def test_lm_eval_vllm_model_args():
 def test_vllm_finish_reasons_map_to_one_truncation_definition():
     from types import SimpleNamespace
 
-    from layerbench.stages.evaluate.backends import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, generation_from_vllm, vllm_finish
+    from layerbench.stages.evaluate.backends import (
+        FINISH_EOS,
+        FINISH_LENGTH,
+        FINISH_STOP,
+        generation_from_vllm,
+        vllm_finish,
+    )
 
     assert vllm_finish("length", None) == FINISH_LENGTH
     assert vllm_finish("stop", None) == FINISH_EOS  # end-of-text token

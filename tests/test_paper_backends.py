@@ -29,8 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, small_study_raw
+
 from layerbench.config import HubData, ModelConfig, study_from_dict
 
 # --- Hub data, model and benchmark exports ----------------------------------------

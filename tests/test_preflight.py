@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-
 from conftest import ROOT, small_study_raw
+
 from layerbench.config import study_from_dict
 from layerbench.paths import StudyPaths, markdown_of
 from layerbench.stages.preflight import PreflightError, run_preflight

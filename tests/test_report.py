@@ -21,9 +21,14 @@ from html import unescape
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, small_study_raw
-from layerbench.runtime.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, read_csv
+
+from layerbench.runtime.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_csv,
+)
 
 ARTIFACTS = ROOT / "test-artifacts"
 TASK = "layerbench_arith"

@@ -9,7 +9,12 @@ from transformers import AutoModelForCausalLM
 from layerbench.config import Arm
 from layerbench.paths import RunFolder
 from layerbench.runtime.io import read_csv
-from layerbench.stages.train import RecordingReward, freeze_for_arm, train_arm, truncation_by_step
+from layerbench.stages.train import (
+    RecordingReward,
+    freeze_for_arm,
+    train_arm,
+    truncation_by_step,
+)
 
 
 def test_freezing_leaves_exactly_the_arm_trainable(small_base):

@@ -14,6 +14,7 @@ BUDGET = 40
 def stock_samples(small_base, tmp_path_factory):
     """lm-eval's own hf backend, its own samples file: no layerbench code involved."""
     import lm_eval
+
     from layerbench.lmeval import task_manager, task_specs
 
     study = small_base["study"]

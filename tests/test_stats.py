@@ -4,7 +4,11 @@ import sys
 import numpy as np
 import pytest
 
-from layerbench.analysis.stats import contributions_from_samples, contributions_from_scores, spearman
+from layerbench.analysis.stats import (
+    contributions_from_samples,
+    contributions_from_scores,
+    spearman,
+)
 
 # PAPER.md check values (Qwen3 math average). Scores are printed to 0.1, so the
 # reported C may differ from C of the printed scores by rounding: the test

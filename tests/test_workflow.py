@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import job_stats, snakemake_in, study_workdir, weight_hashes
+
 from layerbench.runtime.io import read_csv
 
 

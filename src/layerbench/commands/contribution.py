@@ -6,8 +6,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from layerbench.runtime.io import atomic_write_csv, read_csv
 from layerbench.analysis.stats import contributions_from_scores
+from layerbench.runtime.io import atomic_write_csv, read_csv
 
 
 def read_scores(path: Path) -> dict[str, dict[int, float]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 
 import yaml
 

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from layerbench.config import PACKAGE_ROOT
-from layerbench.runtime.io import sha256_file
 from layerbench.paths import StudyPaths
+from layerbench.runtime.io import sha256_file
 
 PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
 

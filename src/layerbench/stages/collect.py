@@ -25,11 +25,21 @@ import numpy as np
 
 from layerbench.analysis.per_sample import PerSample, PerSampleTable, read_per_sample
 from layerbench.analysis.stats import contributions_from_samples
-from layerbench.analysis.truncation import DECOMPOSITION_COLUMNS, RANKING_COLUMNS, decomposition_rows, ranking_rows
+from layerbench.analysis.truncation import (
+    DECOMPOSITION_COLUMNS,
+    RANKING_COLUMNS,
+    decomposition_rows,
+    ranking_rows,
+)
 from layerbench.analysis.verdicts import arm_sort_key, best_arms, study_verdicts
 from layerbench.config import Study
 from layerbench.paths import EvalFolder, ModelFolder, StudyPaths
-from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv, read_jsonl
+from layerbench.runtime.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    read_csv,
+    read_jsonl,
+)
 from layerbench.runtime.provenance import write_provenance
 
 SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_rate", "finished_accuracy",

@@ -15,13 +15,26 @@ from pathlib import Path
 
 import yaml
 
-from layerbench.analysis.verdicts import arm_label, arm_sort_key, best_arms, join, number
+from layerbench.analysis.verdicts import (
+    arm_label,
+    arm_sort_key,
+    best_arms,
+    join,
+    number,
+)
 from layerbench.config import Study
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import read_csv
 from layerbench.runtime.timing import latest_wall_time
-from layerbench.stages.report.charts import (TRAINING_METRICS, budget_chart, contribution_chart,
-                                             decomposition_chart, headline_chart, mean, training_chart)
+from layerbench.stages.report.charts import (
+    TRAINING_METRICS,
+    budget_chart,
+    contribution_chart,
+    decomposition_chart,
+    headline_chart,
+    mean,
+    training_chart,
+)
 
 
 def csv_or_none(path: Path) -> list[dict] | None:
