@@ -303,3 +303,21 @@ class StudyPaths:
         if any(not s.include_path for s in self.study.eval.suites):
             return {"eval_tasks": str(self.eval_tasks)}
         return {}
+
+
+@dataclass(frozen=True)
+class StudyFolder(StudyPaths):
+    """A study's results in any folder (a copied ``results/<study>/``), not
+    necessarily ``<root>/results/<name>``: what ``compare`` and
+    ``readme-table`` read."""
+
+    folder: Path = Path(".")
+
+    @property
+    def results(self) -> Path:
+        return self.folder
+
+    @classmethod
+    def files_in(cls, folder: Path) -> "StudyFolder":
+        """The folder's file layout, before its study is read."""
+        return cls(study=None, folder=folder)

@@ -27,22 +27,18 @@ class RuleSettings:
 
     def arm_fingerprint(self, slug: str) -> str:
         """What one arm's training reads."""
-        arm = Arm.parse(slug)
-        raw = self.study.raw
-        limits = raw["limits"]
-        fp = {"rl": self.study.rl_for(arm).identity(), "cap": limits["max_completion_tokens"],
-              "model": raw["model"], "data": raw.get("data"), "numerics": raw.get("numerics"),
-              "max_model_len": limits["max_prompt_tokens"]}  # vLLM's: prompt cap + completion cap
+        study, raw = self.study, self.study.raw
+        fp = {"rl": study.rl_for(Arm.parse(slug)).identity(), "cap": study.limits.max_completion_tokens,
+              "model": raw["model"], "data": raw["data"], "numerics": study.numerics,
+              "max_model_len": study.limits.max_prompt_tokens}  # vLLM's: prompt cap + completion cap
         return _digest(fp)
 
     def train_preflight_fingerprint(self) -> str:
         """What rule preflight_train reads: a change re-runs it and so every
         training job; nothing else may (see train.smk)."""
-        study, raw = self.study, self.study.raw
-        limits = raw["limits"]
-        return _digest({"model": raw["model"],
-                        "limits": [limits["max_prompt_tokens"], limits["max_completion_tokens"],
-                                   limits.get("prompt_policy", "error")],
+        study, limits = self.study, self.study.limits
+        return _digest({"model": study.raw["model"],
+                        "limits": [limits.max_prompt_tokens, limits.max_completion_tokens, limits.prompt_policy],
                         "rl": [study.rl.use_vllm,
                                sorted({study.rl_for(a).algorithm for a in study.trained_arms})]})
 
@@ -51,7 +47,7 @@ class RuleSettings:
         """Snakemake resources of a GPU stage (train, evaluate): ``gpu``,
         ``mem_mb``, ``runtime`` from the study's ``resources``; nothing for a
         CPU study."""
-        if "resources" not in self.study.raw:
+        if "resources" not in self.study.raw:  # a CPU study: its rules request nothing
             return {}
         request = self.study.resources.stage(stage)
         out = {"gpu": self.study.resources.gpu, "mem_mb": request.mem_mb, "runtime": request.runtime}

@@ -17,22 +17,20 @@ from statistics import fmean
 
 import yaml
 
+from layerbench.analysis.verdicts import arm_sort_key
+from layerbench.paths import StudyFolder
 from layerbench.runtime.io import read_csv
 
 BEGIN = "<!-- results: made by `layerbench readme-table docs/default-study --write README.md`; do not edit -->"
 END = "<!-- /results -->"
 
 
-def _arm_order(arm: str) -> tuple:
-    kind, _, layer = arm.partition(":")
-    return ({"base": 0, "full": 1}.get(kind, 2), int(layer) if layer.isdigit() else 0, arm)
-
-
 def results_block(results: Path) -> str:
     """Markdown table (mean over seeds, first task) and the full arm's gain decomposition at the cap."""
-    study = yaml.safe_load((results / "study.yaml").read_text())
+    files = StudyFolder.files_in(results)
+    study = yaml.safe_load(files.study_file.read_text())
     cap = int(study["limits"]["max_completion_tokens"])
-    scores = read_csv(results / "scores.csv")
+    scores = read_csv(files.scores)
     task = scores[0]["task"]
     top = max(int(r["budget"]) for r in scores)
     cells: dict = defaultdict(list)
@@ -42,10 +40,10 @@ def results_block(results: Path) -> str:
             cells[r["arm"], int(r["budget"]), "truncated"].append(float(r["truncated_rate"]))
     seeds = sorted({r["seed"] for r in scores})
     lines = [f"| arm | accuracy @{cap} (cap) | truncated @{cap} | accuracy @{top} |", "|---|---|---|---|"]
-    for arm in sorted({r["arm"] for r in scores}, key=_arm_order):
+    for arm in sorted({r["arm"] for r in scores}, key=arm_sort_key):
         lines.append(f"| {arm} | {fmean(cells[arm, cap, 'accuracy']):.3f} | "
                      f"{100 * fmean(cells[arm, cap, 'truncated']):.0f}% | {fmean(cells[arm, top, 'accuracy']):.3f} |")
-    full = next(r for r in read_csv(results / "decomposition.csv") if r["arm"] == "full" and int(r["budget"]) == cap)
+    full = next(r for r in read_csv(files.decomposition) if r["arm"] == "full" and int(r["budget"]) == cap)
     lines += ["", f"Mean of {len(seeds)} seeds ({', '.join(seeds)}), {scores[0]['n']} test problems, task `{task}`. "
               f"Full RL's {float(full['gain']):+.3f} at the cap is {float(full['now_right_was_truncated']):g} problems "
               f"that no longer run out of budget, {float(full['now_right_was_wrong_finished']):g} that now finish "

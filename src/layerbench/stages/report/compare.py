@@ -10,31 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.config import Arm, ConfigError, Study
-from layerbench.paths import StudyPaths
+from layerbench.paths import StudyFolder, StudyPaths
 from layerbench.runtime.io import atomic_write_text
 from layerbench.stages.report import render_page
 from layerbench.stages.report.gather import csv_or_none, flatten, study_view
-
-
-@dataclass(frozen=True)
-class StudyFolder(StudyPaths):
-    """A study read from any folder (a copied ``results/<study>/``), not
-    necessarily ``<root>/results/<name>``."""
-
-    folder: Path = Path(".")
-
-    @property
-    def results(self) -> Path:
-        return self.folder
-
-    @classmethod
-    def study_file_in(cls, folder: Path) -> Path:
-        """Where a results folder keeps its study's config, before the study is read."""
-        return cls(study=None, folder=folder).study_file
 
 
 def _tasks(paths: StudyPaths) -> set[str] | None:
@@ -78,7 +60,7 @@ def compare_command(study_a: Path, study_b: Path, out: Path | None, force: bool)
     differ, unless ``force``. STUDY_DIRs are ``results/<study>/`` folders."""
     loaded = []
     for folder in (Path(study_a), Path(study_b)):
-        study_file = StudyFolder.study_file_in(folder)
+        study_file = StudyFolder.files_in(folder).study_file
         if not study_file.exists():
             print(f"layerbench compare: {folder} is not a study folder (no study.yaml; expected results/<study>/)",
                   file=sys.stderr)
