@@ -38,7 +38,6 @@ NO_DEFAULT = {
     "eval.suites[].filter": "absent: the task's first filter",
     "eval.limit": "absent: every problem",
     "eval.seed": "absent: each arm's training seed",
-    "eval.derive_budgets": "absent: true under greedy decoding, false under sampling",
     "eval.max_model_len": "absent: model.context_length",
     "eval.num_fewshot": "absent: each task's own",
     "tracking.experiment": "absent: layerbench-<study>, from the study name",

@@ -64,6 +64,26 @@ def test_derived_budgets_equal_real_regeneration(small_base, eval_study, tmp_pat
     assert truncated[0] > 0
 
 
+def test_sampled_budgets_derived_from_the_largest_equal_real_runs(small_base, eval_study, tmp_path):
+    """Under seeded sampling the first b tokens of a sample do not depend on the
+    cap: with lm-eval's HF sampling (one stream per run, drawn step by step for
+    the whole batch) the answer cut at b is the run at b, token for token."""
+    from dataclasses import replace
+
+    sampled = replace(eval_study, temperature=0.6, top_p=0.95, top_k=20, seed=42)
+    budgets = (24, 40, 96)
+    evaluate_model(small_base["model"], sampled, budgets, 1, EvalFolder(tmp_path / "derived"), derive_budgets=True)
+    evaluate_model(small_base["model"], sampled, budgets, 1, EvalFolder(tmp_path / "real"), derive_budgets=False)
+    key = lambda r: (int(r["budget"]), int(r["doc_id"]), int(r["repeat"]))  # noqa: E731
+    derived = sorted(read_csv(tmp_path / "derived" / "per_sample.csv"), key=key)
+    real = sorted(read_csv(tmp_path / "real" / "per_sample.csv"), key=key)
+    assert derived == real and len(real) == len(budgets) * len({r["doc_id"] for r in real}) > 0
+    # really sampled: the answers differ from greedy decoding's
+    evaluate_model(small_base["model"], eval_study, (96,), 1, EvalFolder(tmp_path / "greedy"))
+    greedy = {r["doc_id"]: r["n_tokens"] for r in read_csv(tmp_path / "greedy" / "per_sample.csv")}
+    assert any(greedy[r["doc_id"]] != r["n_tokens"] for r in real if r["budget"] == "96")
+
+
 def test_recorded_finish_reasons_match_direct_generate(small_base, eval_study, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -230,7 +230,8 @@ def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, 
     raw = small_study_raw()
     raw["eval"] = {"suites": [{"task": "layerbench_amc", "include_path": str(ROOT / "benchmarks" / "amc"),
                                "data_files": str(data), "repeats": 3}],
-                   "batch_size": 9, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 42}
+                   "batch_size": 9, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 42,
+                   "derive_budgets": False}  # the option that generates every budget for real
     study = study_from_dict(raw)
     assert study.eval.derive is False
     scores = evaluate_model(small_base["model"], study.eval, (8, 16), 1, EvalFolder(tmp_path / "out"))

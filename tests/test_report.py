@@ -4,7 +4,7 @@ model answers stay text), validated by the Nu HTML checker, screenshot saved
 to test-artifacts/report.png.
 
 The studies are built with layerbench's own functions (``collect``,
-``summarise``, ``pairing_rows`` and ``write_audits``, the preflight
+``summarise``, ``run_audits`` on tiny safetensors checkpoints, the preflight
 ``Report``) on synthetic eval outputs: no model runs, and nothing under
 results/ is read.
 """
@@ -37,7 +37,7 @@ HOSTILE_CONFIG = "<i>evil cpu</i>"
 SECTIONS = ["Does a single layer match full RL?", "Layer contribution C(k) by layer",
             "Scores: accuracy, accuracy on finished answers, truncation", "Training curves", "Truncation audit",
             "Preflight: token limits before any compute", "Pairing check, parameter audit, re-run check",
-            "Provenance", "Sample answers"]
+            "Where the update lives", "Provenance", "Sample answers"]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -82,6 +82,46 @@ def _answer(style: str, x: int, y: int, answer: int) -> str:
     return f" Let's go step by step. {steps} So the answer is #### {answer}"
 
 
+def tiny_state(num_layers: int) -> dict:
+    """A Qwen2-shaped state dict, hidden size 8: what the parameter audit reads."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    state = {"model.embed_tokens.weight": torch.randn(20, 8, generator=g), "model.norm.weight": torch.ones(8),
+             "lm_head.weight": torch.randn(20, 8, generator=g)}
+    for k in range(num_layers):
+        state |= {f"model.layers.{k}.input_layernorm.weight": torch.ones(8),
+                  f"model.layers.{k}.self_attn.q_proj.weight": torch.randn(8, 8, generator=g),
+                  f"model.layers.{k}.mlp.down_proj.weight": torch.randn(8, 16, generator=g)}
+    return state
+
+
+def write_checkpoints(paths, base: dict) -> None:
+    """A checkpoint per run: each arm moves what it trains. Full RL changes
+    layer k's matrices on rows 0..3+k only, with a rank-(1+k) update of norm
+    growing with k; norm weights and the embedding stay put."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(base, str(paths.base_model / "model.safetensors"))
+    for arm in paths.study.trained_arms:
+        for seed in paths.study.seeds:
+            tuned = {n: t.clone() for n, t in base.items()}
+            for n, t in tuned.items():
+                if not n.startswith("model.layers.") or t.dim() != 2:
+                    continue
+                k = int(n.split(".")[2])
+                if arm.kind != "full" and k not in arm.layers:
+                    continue
+                g = torch.Generator().manual_seed(100 * seed + k)
+                u, w = torch.randn(t.shape[0], 1 + k, generator=g), torch.randn(1 + k, t.shape[1], generator=g)
+                u[4 + k:] = 0
+                t += 0.01 * (1 + k) * u @ w
+            out = paths.run(arm, seed).checkpoint
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(tuned, str(out / "model.safetensors"))
+
+
 def collect_study(paths) -> None:
     """Stage collect, writing where the workflow has it write."""
     from layerbench.stages.collect import collect
@@ -98,7 +138,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     collect does not write (preflight, checks, repro) and the decomposition."""
     from layerbench.config import study_from_dict
     from layerbench.paths import ModelFolder, StudyPaths
-    from layerbench.stages.checks import pairing_rows, write_audits
+    from layerbench.stages.checks import run_audits
     from layerbench.stages.evaluate import summarise
     from layerbench.stages.preflight import Report
 
@@ -166,13 +206,8 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                budgets=list(budgets), cap=study.limits.max_completion_tokens)
     atomic_write_json(paths.preflight, {"status": report.status, "checks": report.checks})
     runs = {(a.name, s): paths.run(a, s) for a in study.trained_arms for s in seeds}
-    parts = ["embed"] + [f"layers.{k}" for k in range(study.num_layers)] + ["final_norm", "lm_head"]
-    audit = []  # what audit_parameters finds in a fair study: each arm moved exactly what it trains
-    for a in study.trained_arms:
-        trained = {f"layers.{k}" for k in a.layers or ()}
-        audit += [{"arm": a.name, "seed": s, "part": p, "changed": int(a.kind == "full" or p in trained),
-                   "rel_change": 0.01 if a.kind == "full" or p in trained else 0.0} for s in seeds for p in parts]
-    write_audits(pairing_rows(runs), audit, paths.pairing, paths.param_audit, paths.checks)
+    write_checkpoints(paths, tiny_state(study.num_layers))  # a fair study: each arm moved exactly what it trains
+    run_audits(paths.base_model, runs, paths.pairing, paths.param_audit, paths.checks)
     atomic_write_json(paths.repro, {
         "arm": "layer:0", "seed": seeds[0], "bitwise_equal": True, "metrics_equal": True, "rollouts_equal": True,
         "max_abs_weight_diff": 0.0, "max_abs_metric_diff": 0.0, "device": "test CPU"})

@@ -62,19 +62,21 @@ def cell_verdicts(contributions: list[dict]) -> list[dict]:
     return out
 
 
-def headline(contributions: list[dict], budgets: list[int], cap: int) -> dict:
+def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: frozenset = frozenset()) -> dict:
     """Best single layer per budget and one sentence: does it match full RL?
 
     {"answer": yes/no/partly/unclear/undetermined, "sentence", "budgets": per
     budget {budget, arm, C, lo, hi, verdict}, or {budget, arm: None, reason,
-    verdict: "undefined"}}. Among equal C the first row wins: pass the rows
-    in the order the report lists them."""
+    verdict: "undefined"}}. Arms whose seeds disagree at a budget (``unstable``,
+    (arm, budget) pairs) are not ranked there. Among equal C the first row
+    wins: pass the rows in the order the report lists them."""
     per_budget = []
     for budget in budgets:
         rows = [r for r in contributions if int(r["budget"]) == budget and r["arm"].startswith("layer:")]
-        defined = [r for r in rows if number(r["C"]) is not None]
+        defined = [r for r in rows if number(r["C"]) is not None and (r["arm"], budget) not in unstable]
         if not defined:
-            reason = next((r["reason"] for r in rows if r["reason"]), "no single-layer arm has a C")
+            reason = next((r["reason"] for r in rows if r["reason"]),
+                          "every single-layer arm's seeds disagree" if rows else "no single-layer arm has a C")
             per_budget.append({"budget": budget, "arm": None, "reason": reason, "verdict": "undefined"})
             continue
         best = max(defined, key=lambda r: float(r["C"]))
@@ -126,6 +128,147 @@ def join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def study_verdicts(contributions: list[dict], budgets: list[int], cap: int) -> dict:
-    """What ``verdicts.json`` holds: {"headline": headline(...), "cells": cell_verdicts(...)}."""
-    return {"headline": headline(contributions, budgets, cap), "cells": cell_verdicts(contributions)}
+# An arm's seeds "disagree in kind" at a budget when their shares of answers cut
+# off by the budget differ by more than this (one seed learned to finish inside
+# the budget, another did not) ...
+UNSTABLE_TRUNCATION_GAP = 0.20
+# ... or when one seed reaches full RL (its own C at least REACHED) while another
+# stays closer to the base (below HALFWAY). Per-seed C compares a seed's arm with
+# the same seed's base and full RL.
+REACHED, HALFWAY = 0.9, 0.5
+
+
+def seed_outcomes(scores: list[dict]) -> dict[tuple[str, int], dict[str, dict]]:
+    """{(arm, budget): {seed: {"S": accuracy, "truncated": share}}}, means over tasks."""
+    cells: dict = {}
+    for r in scores:
+        cells.setdefault((r["arm"], int(r["budget"])), {}).setdefault(str(r["seed"]), []).append(r)
+    return {key: {seed: {"S": _mean(number(r["accuracy"]) for r in rows),
+                         "truncated": _mean(number(r["truncated_rate"]) for r in rows)}
+                  for seed, rows in by_seed.items()} for key, by_seed in cells.items()}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def unstable_cells(scores: list[dict]) -> list[dict]:
+    """Trained single- and multi-layer arms whose seeds disagree in kind at a
+    budget (see UNSTABLE_TRUNCATION_GAP, REACHED, HALFWAY): [{arm, budget,
+    seeds: [{seed, S, truncated, C}]}]. Such an arm's mean C averages two
+    different outcomes, so it is flagged instead of ranked."""
+    outcomes = seed_outcomes(scores)
+    out = []
+    for (arm, budget), by_seed in sorted(outcomes.items(), key=lambda kv: (kv[0][1], arm_sort_key(kv[0][0]))):
+        if not arm.startswith("layer") or len(by_seed) < 2:
+            continue
+        seeds = []
+        for seed, o in sorted(by_seed.items()):
+            base = outcomes.get(("base", budget), {}).get(seed, {}).get("S")
+            full = outcomes.get(("full", budget), {}).get(seed, {}).get("S")
+            c = (o["S"] - base) / (full - base) if None not in (o["S"], base, full) and full != base else None
+            seeds.append({"seed": seed, "S": o["S"], "truncated": o["truncated"], "C": c})
+        shares = [s["truncated"] for s in seeds if s["truncated"] is not None]
+        cs = [s["C"] for s in seeds if s["C"] is not None]
+        split_cut = bool(shares) and max(shares) - min(shares) > UNSTABLE_TRUNCATION_GAP
+        split_c = bool(cs) and max(cs) >= REACHED and min(cs) < HALFWAY
+        if split_cut or split_c:
+            out.append({"arm": arm, "budget": budget, "seeds": seeds})
+    return out
+
+
+def budget_dependence(per_budget: list[dict], ranking: list[dict], contributions: list[dict], cap: int) -> str | None:
+    """Whether the best layer, or the ranking of layers, changes with the budget, naming the layers."""
+    best = [b for b in per_budget if b["arm"]]
+    if not best:
+        return None
+    by_arm: dict[str, list[int]] = {}
+    for b in best:
+        by_arm.setdefault(b["arm"], []).append(b["budget"])
+    if len(by_arm) > 1:
+        text = "The best layer changes with the budget: " + join(
+            [f"{arm_label(arm)} at {_budgets(bs, cap)}" for arm, bs in by_arm.items()]) + "."
+    else:
+        text = f"The best layer is {arm_label(best[0]['arm'])} at every budget."
+    pairs = [r for r in ranking if number(r["spearman"]) is not None]
+    if not pairs:
+        return text
+    worst = min(pairs, key=lambda r: float(r["spearman"]))
+    rho, a, b = float(worst["spearman"]), int(worst["budget_a"]), int(worst["budget_b"])
+    if rho >= 1:
+        return text + " The ranking of the layers is the same at every budget (Spearman 1)."
+    rank_a, rank_b = _ranks(contributions, a), _ranks(contributions, b)
+    moved = [f"{arm_label(arm)} {'rises' if rank_b[arm] < rank_a[arm] else 'drops'} from {_ordinal(rank_a[arm])} to "
+             f"{_ordinal(rank_b[arm])}" for arm in sorted(rank_a, key=arm_sort_key)
+             if arm in rank_b and rank_a[arm] != rank_b[arm]]
+    return (text + f" The ranking of the layers changes: Spearman {rho:.2f} between {a} and {b} tokens"
+            + (f" (of {len(rank_a)} layers, {join(moved)})" if moved else "") + ".")
+
+
+def _ranks(contributions: list[dict], budget: int) -> dict[str, int]:
+    rows = [r for r in contributions if int(r["budget"]) == budget and r["arm"].startswith("layer:")
+            and number(r["C"]) is not None]
+    ordered = sorted(rows, key=lambda r: -float(r["C"]))
+    return {r["arm"]: i + 1 for i, r in enumerate(ordered)}
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _budgets(budgets: list[int], cap: int) -> str:
+    named = [f"the {b}-token cap" if b == cap else f"{b}" for b in sorted(budgets)]
+    plain = [n for n in named if not n.startswith("the")]
+    return join([n for n in named if n.startswith("the")] + ([f"{join(plain)} tokens"] if plain else []))
+
+
+def gain_sources(decomposition: list[dict], arms: list[str], cap: int) -> str | None:
+    """Where full RL's and the best layer's gain at the cap came from: answers
+    that no longer run out of budget vs answers that now finish right."""
+    rows = {r["arm"]: r for r in decomposition if int(r["budget"]) == cap}
+    parts = []
+    for arm in dict.fromkeys(arms):
+        r = rows.get(arm)
+        if r is None:
+            continue
+        finished, right, lost = (float(r[k]) for k in ("now_right_was_truncated", "now_right_was_wrong_finished",
+                                                       "lost"))
+        share = finished / (finished + right) if finished + right else None
+        parts.append(f"{arm_label(arm)}'s gain of {float(r['gain']):+.3f} is {finished:g} problems per seed that no "
+                     f"longer run out of budget and {right:g} that now finish with the right answer, minus "
+                     f"{lost:g} lost" + (f" ({100 * share:.0f}% from finishing inside the cap)" if share is not None
+                                         else ""))
+    return f"At the {cap}-token cap, " + "; ".join(parts) + "." if parts else None
+
+
+def unstable_sentence(unstable: list[dict], cap: int) -> str | None:
+    """One sentence per flagged arm: what each seed did."""
+    if not unstable:
+        return None
+    parts = []
+    for u in unstable:
+        seeds = join([f"seed {s['seed']} {'-' if s['S'] is None else format(s['S'], '.2f')} accuracy with "
+                      f"{'-' if s['truncated'] is None else format(100 * s['truncated'], '.0f')}% cut off"
+                      + ("" if s["C"] is None else f" (C {s['C']:.2f})") for s in u["seeds"]])
+        parts.append(f"{arm_label(u['arm'])} at {_budgets([u['budget']], cap)}: {seeds}")
+    return ("Unstable, not ranked (its seeds disagree in kind, so their mean C describes neither): "
+            + "; ".join(parts) + ".")
+
+
+def study_verdicts(contributions: list[dict], budgets: list[int], cap: int, scores: list[dict],
+                   decomposition: list[dict], ranking: list[dict]) -> dict:
+    """What ``verdicts.json`` holds: the headline (answer, sentence, and the
+    details a careful reader asks next: budget dependence, where the gain came
+    from, unstable arms) and each C(k)'s verdict."""
+    unstable = unstable_cells(scores)
+    flagged = frozenset((u["arm"], u["budget"]) for u in unstable)
+    head = headline(contributions, budgets, cap, flagged)
+    best_at_cap = best_arms(head).get(cap)
+    details = [budget_dependence(head["budgets"], ranking, contributions, cap),
+               gain_sources(decomposition, ["full"] + ([best_at_cap] if best_at_cap else []), cap),
+               unstable_sentence(unstable, cap)]
+    head.update(details=[d for d in details if d], unstable=unstable)
+    cells = [{**c, "verdict": "unstable"} if (c["arm"], c["budget"]) in flagged and c["verdict"] else c
+             for c in cell_verdicts(contributions)]
+    return {"headline": head, "cells": cells}

@@ -198,11 +198,6 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
     )
     if not any(a.kind == "base" for a in study.arms) or not any(a.kind == "full" for a in study.arms):
         raise ConfigError(f"{source}: key 'arms' must include 'base' and 'full' (C(k) is relative to both)")
-    if study.eval.derive_budgets and not study.eval.greedy:
-        raise ConfigError(
-            f"{source}: key 'eval.derive_budgets': true needs greedy decoding (eval.temperature: 0); "
-            f"under sampling every budget must be generated for real"
-        )
     if study.eval.backend == "vllm" or any(study.rl_for(a).use_vllm for a in study.trained_arms):
         if study.gpus < 1:
             raise ConfigError(f"{source}: key 'resources.gpu': vLLM (eval.backend or rl.use_vllm) needs a GPU per job")

@@ -259,7 +259,7 @@ class EvalConfig(Section):
     threads: int
     backend: str
     seed: int | None  # None: each checkpoint's training seed
-    derive_budgets: bool | None  # None: derive smaller budgets only under greedy decoding
+    derive_budgets: bool
     dtype: str
     gpu_memory_utilization: float
     max_model_len: int | None  # None: model.context_length
@@ -272,7 +272,7 @@ class EvalConfig(Section):
     @property
     def derive(self) -> bool:
         """Whether one generation at the largest budget gives the smaller ones."""
-        return self.greedy if self.derive_budgets is None else self.derive_budgets
+        return self.derive_budgets
 
 
 @dataclass(frozen=True)

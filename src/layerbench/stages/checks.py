@@ -6,6 +6,9 @@
   hashes must agree within a seed and differ across seeds.
 * Parameter audit: after training, each checkpoint is compared with the base
   model part by part; a ``layer:K`` arm may change layer K and nothing else.
+  Per weight tensor it also measures where the update lives (share of
+  elements changed, relative Frobenius norm and effective rank of the update;
+  ``matrix_measures``), summarised for the full arm in ``checks.json``.
 * Re-run check: one (arm, seed) is trained again from scratch and compared
   with the original, per-step metrics and final weights, bitwise.
 
@@ -20,13 +23,18 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from layerbench.analysis.update import update_summary
 from layerbench.analysis.verdicts import arm_sort_key, number
 from layerbench.config import Arm
 from layerbench.paths import RunFolder
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
-AUDIT_COLUMNS = ["arm", "seed", "part", "changed", "rel_change"]
+AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac_changed", "rel_frobenius",
+                 "effective_rank"]
+# Effective rank from a truncated SVD (top LOWRANK_Q singular values) above this smaller side.
+LOWRANK_ABOVE = 1024
+LOWRANK_Q = 256
 # Wall-clock figures differ between runs by nature; everything else must not.
 TIMING_COLUMNS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
 
@@ -108,19 +116,68 @@ def _load_state(model_dir: Path) -> dict:
 
 
 def audit_parameters(base_dir: Path, checkpoint_dir: Path) -> list[dict]:
-    """Per part: did it change at all, and by how much (||delta|| / ||base||)."""
-    import torch
-
+    """One row per weight tensor (``matrix``), parts in ``part_order``. Per
+    part, on each of its rows: did it change at all (``changed``) and by how
+    much (``rel_change`` = ||delta|| / ||base|| over the part); per tensor the
+    ``matrix_measures``."""
     base, tuned = _load_state(base_dir), _load_state(checkpoint_dir)
     if set(base) != set(tuned):
         raise IntegrityError(f"{checkpoint_dir}: parameter names differ from the base model's")
+    odd = [n for n in base if base[n].shape != tuned[n].shape]
+    if odd:
+        raise IntegrityError(f"{checkpoint_dir}: parameter shapes differ from the base model's: {', '.join(odd)}")
     rows = []
     for part, names in sorted(model_parts(base).items(), key=lambda kv: part_order(kv[0])):
-        delta = sum(float((tuned[n].double() - base[n].double()).pow(2).sum()) for n in names)
-        norm = sum(float(base[n].double().pow(2).sum()) for n in names)
-        changed = any(not torch.equal(base[n], tuned[n]) for n in names)
-        rows.append({"part": part, "changed": int(changed), "rel_change": (delta / norm) ** 0.5 if norm else 0.0})
+        measures = [matrix_measures(base[n], tuned[n]) for n in names]
+        delta = sum(m["delta_sq"] for m in measures)
+        norm = sum(m["base_sq"] for m in measures)
+        changed = any(m["n_changed"] for m in measures)
+        rel = (delta / norm) ** 0.5 if norm else 0.0
+        rows += [{"part": part, "matrix": n, "changed": int(changed), "rel_change": rel, **m}
+                 for n, m in zip(names, measures)]
     return rows
+
+
+def matrix_measures(base, tuned) -> dict:
+    """Where one tensor's update delta = tuned - base lives: ``frac_changed``
+    (share of elements not bitwise equal), ``rel_frobenius`` (||delta||_F /
+    ||base||_F; None when the base tensor is zero but delta is not) and
+    ``effective_rank`` of delta (2-D tensors only, else None). Also the raw
+    counts and squared norms the part-level figures are summed from."""
+    delta = tuned.double() - base.double()
+    delta_sq, base_sq = float(delta.pow(2).sum()), float(base.double().pow(2).sum())
+    numel, n_changed = base.numel(), int((base != tuned).sum())
+    two_d = delta.dim() == 2
+    return {"numel": numel, "shape": list(base.shape), "n_changed": n_changed,
+            "frac_changed": n_changed / numel if numel else 0.0, "delta_sq": delta_sq, "base_sq": base_sq,
+            "rel_frobenius": (delta_sq / base_sq) ** 0.5 if base_sq else (0.0 if delta_sq == 0 else None),
+            "effective_rank": effective_rank(delta) if two_d else None,
+            "erank_truncated": two_d and min(delta.shape) > LOWRANK_ABOVE}
+
+
+def effective_rank(delta) -> float | None:
+    """Entropy effective rank of a matrix (Roy & Vetterli, 2007): exp(H(p)),
+    p_i = s_i / sum_j s_j over its singular values s; 0 for a zero matrix,
+    None when it is not finite. Cheap: full ``svdvals`` in float64 when the
+    smaller side is at most LOWRANK_ABOVE, else a seeded ``svd_lowrank`` with
+    q = LOWRANK_Q. The truncated spectrum drops the tail, so that erank is a
+    lower bound of the matrix's."""
+    import torch
+
+    d = delta.double()
+    if not bool(torch.isfinite(d).all()):
+        return None
+    if not bool(d.any()):
+        return 0.0
+    if min(d.shape) > LOWRANK_ABOVE:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            s = torch.svd_lowrank(d, q=min(LOWRANK_Q, *d.shape))[1]
+    else:
+        s = torch.linalg.svdvals(d)
+    s = s[s > 0]
+    p = s / s.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 def part_order(part: str):
@@ -139,7 +196,7 @@ def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
     if arm.kind == "full":
         return []
     allowed = {f"layers.{k}" for k in arm.layers}
-    leaked = [r["part"] for r in rows if r["changed"] and r["part"] not in allowed]
+    leaked = list(dict.fromkeys(r["part"] for r in rows if r["changed"] and r["part"] not in allowed))
     frozen = [p for p in sorted(allowed) if not any(r["part"] == p and r["changed"] for r in rows)]
     problems = []
     if leaked:
@@ -161,18 +218,28 @@ def run_audits(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing
 
 def write_audits(pairings: list[dict], audits: list[dict], pairing: Path, audit: Path, checks: Path) -> dict:
     """Write the pairing rows (``pairing_rows``), the parameter audit rows
-    (``audit_parameters`` plus arm and seed; relative change to four digits)
-    and ``checks``, their summaries; then raise on any violation, so the files
-    show what went wrong. Returns the summaries:
+    (``audit_parameters`` plus arm and seed; relative changes to four digits,
+    frac_changed to four decimals, effective rank to two; a tensor without a
+    measure, e.g. a 1-D one's rank, gets an empty cell) and ``checks``, their
+    summaries; then raise on any violation, so the files show what went
+    wrong. Returns the summaries:
 
     {"pairing": {"seeds": [{seed, arms, distinct, sha (first 16 hex of the
     hash most arms share), odd: [arms]}], "rows", "problems", "ok"},
      "param_audit": {"parts", "rows": [{arm, cells: [{changed, rel, status}
-    or None per part]}], "problems", "ok"}}"""
-    audits = [{**r, "rel_change": f"{r['rel_change']:.3e}"} for r in audits]
+    or None per part]}], "problems", "ok"},
+     "update": ``update_summary`` of the full arm, or None}"""
+    def fmt(value, spec):
+        return None if value is None or value == "" else format(value, spec)
+
+    csv_rows = [{**r, "rel_change": fmt(r["rel_change"], ".3e"), "rel_frobenius": fmt(r.get("rel_frobenius"), ".3e"),
+                 "frac_changed": fmt(r.get("frac_changed"), ".4f"),
+                 "effective_rank": fmt(r.get("effective_rank"), ".2f")} for r in audits]
     atomic_write_csv(pairing, pairings, PAIRING_COLUMNS)
-    atomic_write_csv(audit, audits, AUDIT_COLUMNS)
-    summary = {"pairing": pairing_summary(pairings), "param_audit": audit_summary(audits)}
+    atomic_write_csv(audit, csv_rows, AUDIT_COLUMNS)
+    audit_sum = audit_summary(csv_rows)
+    summary = {"pairing": pairing_summary(pairings), "param_audit": audit_sum,
+               "update": update_summary(audits, audit_sum["parts"])}
     atomic_write_json(checks, summary)
     _raise({"parameter audit": summary["param_audit"]["problems"], "pairing check": summary["pairing"]["problems"]})
     return summary
@@ -198,7 +265,8 @@ def pairing_summary(rows: list[dict]) -> dict:
 def audit_summary(rows: list[dict]) -> dict:
     """Matrix arm x part: changed in any seed, largest relative change, and
     "error" where that is not what the arm trains; the problems are
-    ``audit_problems`` of every run."""
+    ``audit_problems`` of every run. Rows may be per part or per tensor (a
+    part's figures repeat on its tensors' rows)."""
     parts = sorted({r["part"] for r in rows}, key=part_order)
     cells, by_run = defaultdict(list), defaultdict(list)
     for r in rows:

@@ -57,8 +57,9 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     table = {(a.name, s): read_per_sample(paths.eval(a, s).per_sample) for a in study.arms for s in study.seeds}
     c_rows = contribution_rows(study, table)
     atomic_write_csv(contributions, c_rows, CONTRIBUTION_COLUMNS)
-    atomic_write_csv(decomposition, decomposition_rows(study, table), DECOMPOSITION_COLUMNS)
-    atomic_write_csv(ranking, ranking_rows(c_rows), RANKING_COLUMNS)
+    d_rows, r_rows = decomposition_rows(study, table), ranking_rows(c_rows)
+    atomic_write_csv(decomposition, d_rows, DECOMPOSITION_COLUMNS)
+    atomic_write_csv(ranking, r_rows, RANKING_COLUMNS)
     write_provenance(paths, provenance)
     rows, columns = training_rows(paths)
     atomic_write_csv(training, rows, columns)
@@ -67,7 +68,7 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     budgets = sorted({r["budget"] for r in scored})
     tasks = sorted({r["task"] for r in scored})
     listed = sorted(c_rows, key=lambda r: (r["budget"], arm_sort_key(r["arm"])))  # the report's order
-    decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens)
+    decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens, scored, d_rows, r_rows)
     atomic_write_json(verdicts, decided)
     opened = {"base", "full"} | set(best_arms(decided["headline"]).values())
     atomic_write_json(samples, sample_browser(paths, table, tasks, budgets, opened))

@@ -2,9 +2,13 @@
 
 The arm decides what may change: ``full`` trains every parameter;
 ``layer:K`` (and ``layers:I,J``) freeze everything except those decoder
-layers (attention, MLP and both norms). Gradients still flow through the
-whole network; only the optimizer's parameter set differs. GRPO and Dr. GRPO
-are TRL's own ``loss_type``/``scale_rewards`` options.
+layers (attention, MLP and both norms). Gradients flow from the loss down
+to the lowest trained layer and stop there (``train_cost.StopBackwardAtArm``
+keeps gradient checkpointing from pulling the frozen layers below into
+backward); only the optimizer's parameter set and how deep backward goes
+differ. GRPO and Dr. GRPO are TRL's own ``loss_type``/``scale_rewards``
+options. What a run costs (time per phase, memory, optimizer state) goes to
+``summary.json``'s ``cost`` (``train_cost.CostMeter``).
 
 The reward function also records every rollout (length, truncated, reward)
 and hashes the first batch of rollouts: arms of one seed must produce the
@@ -281,6 +285,7 @@ def train_arm(
     from trl import GRPOTrainer
 
     from layerbench.runtime.numerics import describe
+    from layerbench.stages.train_cost import CostMeter, StopBackwardAtArm
 
     seed_everything(seed)
     torch.set_num_threads(rl.threads)
@@ -304,7 +309,9 @@ def train_arm(
                 args=args,
                 train_dataset=dataset,
                 processing_class=tokenizer,
+                callbacks=[stop := StopBackwardAtArm(embeddings_frozen=arm.kind != "full")],
             )
+        meter = CostMeter().attach(trainer, decoder_layers(model))
         trainer.train()
         seconds = time.perf_counter() - started
         trainer.save_model(str(run.checkpoint))
@@ -335,6 +342,7 @@ def train_arm(
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
             "numerics": describe(),
+            "cost": {**meter.summary(trainer, seconds, trainable), "input_require_grads_removed": stop.removed},
         }
         atomic_write_json(run.summary, summary)
     return summary

@@ -8,14 +8,17 @@ lm-eval as ``layerbench-hf``) or, with ``eval.backend: vllm``, by
 model that keeps each vLLM output's token ids and ``finish_reason``; it is
 defined on first use, so installs without vLLM never import it).
 
-Budget sweep: under greedy decoding the output at a smaller budget is a
-prefix of the output at a larger one, so one lm-eval run at the largest
-budget gives every smaller budget: each answer is cut at ``b`` tokens and
-re-scored with the task's own filters and metric. Under sampling that holds
-at best in distribution, not sample for sample, so layerbench does not do it:
-``eval.derive_budgets`` defaults to true under greedy decoding and false
-otherwise (true with sampling is a config error), and then every budget gets
-its own lm-eval run.
+Budget sweep (``eval.derive_budgets``, default true): one lm-eval run at the
+largest budget gives every smaller budget: each answer is cut at ``b``
+tokens and re-scored with the task's own filters and metric. Under greedy
+decoding the cut answer *is* the answer at ``b``. Under sampling it is too,
+in distribution: the first ``b`` tokens of a sample do not depend on the cap,
+so the cut answer is a sample of the run at ``b``, paired across budgets.
+With lm-eval's seeded HF sampling (one random stream per run, consumed step
+by step for the whole batch) it is even the same sample, token for token:
+``tests/test_evaluate.py`` checks both. vLLM seeds its engine, not each
+request, so there only the distribution is the same. ``derive_budgets:
+false`` generates every budget for real (one lm-eval run per budget).
 
 Finish reasons: ``eos`` (end-of-text token), ``stop`` (a task stop sequence)
 or ``length`` (the budget ran out: *truncated*).

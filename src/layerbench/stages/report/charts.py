@@ -245,3 +245,48 @@ def decomposition_chart(rows: list[dict]) -> str | None:
     fig.tight_layout()
     return _png(fig)
 
+
+
+def update_chart(update: dict, contributions: list[dict] | None, cap: int) -> str | None:
+    """Left: per decoder layer, the full arm's relative update norm (bars) and,
+    on a second axis, its share of elements changed and effective rank over
+    full rank. Right: the single-layer scan's C(k) at the training cap."""
+    from layerbench.analysis.update import c_at_cap, layer_profile
+
+    layers = layer_profile(update)
+    if not layers:
+        return None
+    ks = [p["layer"] for p in layers]
+    plt = _plt()
+    fig, (ax, ax_c) = plt.subplots(1, 2, figsize=(11, 3.3))
+    ax.bar(ks, _nan(p["rel_frobenius"] for p in layers), 0.6, color="#9db8d9", label="||ΔW||_F / ||W||_F (left axis)")
+    ax.set_ylabel("relative update norm")
+    ax.set_xlabel("decoder layer")
+    ax.set_xticks(ks)
+    ax.set_title("full RL: where the update lives")
+    share = ax.twinx()
+    share.plot(ks, _nan(p["frac_changed"] for p in layers), "o-", color="#111111", label="share of elements changed")
+    share.plot(ks, _nan(p["erank_ratio"] for p in layers), "s--", color="#2a9d8f", label="effective rank / full rank")
+    share.set_ylim(0, 1.05)
+    share.grid(False)
+    share.spines["right"].set_visible(True)
+    handles = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower center", bbox_to_anchor=(0.5, -0.42), ncol=3,
+              frameon=False, fontsize=7.5)
+    c = c_at_cap(contributions, cap)
+    ax_c.set_title(f"single layers: C(k) at the {cap}-token cap")
+    ax_c.set_xlabel("trained decoder layer k")
+    ax_c.set_xticks(ks)
+    if c:
+        kc = sorted(c)
+        ys = [c[k]["C"] for k in kc]
+        err = [[y - (c[k]["lo"] if c[k]["lo"] is not None else y) for k, y in zip(kc, ys)],
+               [(c[k]["hi"] if c[k]["hi"] is not None else y) - y for k, y in zip(kc, ys)]]
+        ax_c.errorbar(kc, ys, yerr=err, fmt="o-", ms=5, lw=1, capsize=3, color="#2a9d8f")
+        ax_c.axhline(1.0, color="#444", ls="--", lw=1)
+        ax_c.axhline(0.0, color="#444", ls=":", lw=1)
+        ax_c.set_ylabel("C(k)")
+    else:
+        ax_c.text(0.5, 0.5, "no defined C(k) at the cap", transform=ax_c.transAxes, ha="center", color="#777")
+    fig.tight_layout()
+    return _png(fig)

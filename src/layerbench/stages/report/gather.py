@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from layerbench.analysis.update import update_sentence
 from layerbench.analysis.verdicts import (
     arm_label,
     arm_sort_key,
@@ -34,6 +35,7 @@ from layerbench.stages.report.charts import (
     headline_chart,
     mean,
     training_chart,
+    update_chart,
 )
 
 
@@ -94,6 +96,10 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     v["pairing"] = checks["pairing"] if checks is not None else None
     v["param_audit"] = (dict(checks["param_audit"], rows=_labelled(checks["param_audit"]["rows"]))
                         if checks is not None else None)
+    v["update"] = checks.get("update") if checks is not None else None
+    if v["update"]:
+        v["update_chart"] = update_chart(v["update"], contributions, cap)
+        v["update_sentence"] = update_sentence(v["update"], contributions, cap)
     repro = json_or_none(paths.repro)
     v["repro"] = repro_rows(repro) if repro is not None else None
     # provenance
