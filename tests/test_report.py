@@ -37,7 +37,7 @@ HOSTILE_CONFIG = "<i>evil cpu</i>"
 SECTIONS = ["Does a single layer match full RL?", "Layer contribution C(k) by layer",
             "Scores: accuracy, accuracy on finished answers, truncation", "Training curves", "Truncation audit",
             "Preflight: token limits before any compute", "Pairing check, parameter audit, re-run check",
-            "Where the update lives", "Provenance", "Sample answers"]
+            "Where the update lives", "Provenance", "What freezing saves", "Sample answers"]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -128,7 +128,41 @@ def collect_study(paths) -> None:
 
     collect(paths, scores=paths.scores, contributions=paths.contributions, training=paths.training_metrics,
             decomposition=paths.decomposition, ranking=paths.ranking, provenance=paths.provenance,
-            timings=paths.timings, samples=paths.samples, verdicts=paths.verdicts)
+            timings=paths.timings, samples=paths.samples, verdicts=paths.verdicts, costs=paths.costs)
+
+
+FWD_BWD = {"full": 0.30, "layer:0": 0.22}  # synthetic seconds per step; other layer arms 0.12
+
+
+def synthetic_summary(arm, seed: int, num_layers: int) -> dict:
+    """A run's summary.json with its ``cost`` written by CostMeter itself, on
+    made-up clocks: the same rollouts for every arm (0.6 s generation per
+    step), forward/backward and the optimizer step shrinking with what the
+    arm trains; backward through the layers from the lowest trained one up."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import torch
+
+    from layerbench.stages.train_cost import CostMeter
+
+    trained = list(range(num_layers)) if arm.kind == "full" else list(arm.layers)
+    params = [torch.nn.Parameter(torch.zeros(1000)) for _ in trained + ([-1] if arm.kind == "full" else [])]
+    optimizer = SimpleNamespace(state={p: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                                       for p in params})
+    steps, share = 20, len(params) / (num_layers + 1)
+    meter = CostMeter()
+    generation, rollout = steps * (0.6 + 0.01 * seed), steps * (0.62 + 0.01 * seed)
+    optimizer_s = steps * 0.02 * share
+    meter.seconds = Counter(generation=generation, rollout=rollout, optimizer=optimizer_s, loss_forward=steps * 0.1,
+                            step=rollout + optimizer_s + steps * FWD_BWD.get(arm.name, 0.12))
+    meter.steps = steps
+    meter.backward_calls = Counter({k: steps for k in range(min(trained), num_layers)})
+    trainable = 1000 * len(params)
+    cost = meter.summary(SimpleNamespace(model=torch.nn.ParameterList(params), optimizer=optimizer),
+                         meter.seconds["step"] + 3.0, trainable)
+    return {"train_seconds": round(meter.seconds["step"] + 3.0, 2), "trainable_parameters": trainable,
+            "total_parameters": 1000 * (num_layers + 1), "cost": cost}
 
 
 def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), seeds=(1, 2), n: int = 30,
@@ -189,7 +223,8 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                         "rollouts/truncated_share": round(max(0.0, 0.45 - gain * s / 20), 4), "loss": 0.0}
                        for s in range(1, 21)]
             atomic_write_csv(run.metrics, metrics, list(metrics[0]))
-            atomic_write_json(run.summary, {"step0_rollout_sha256": f"{seed:064x}"})
+            cost = synthetic_summary(arm, seed, study.num_layers) if complete else {}  # sparse: runs without cost
+            atomic_write_json(run.summary, {"step0_rollout_sha256": f"{seed:064x}", **cost})
     for job, seconds in (("model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
         tsv = paths.benchmarks / f"{job}.tsv"
         tsv.parent.mkdir(parents=True, exist_ok=True)
@@ -459,6 +494,100 @@ def test_report_rows_come_from_the_tables(studies):
     for r in read_csv(paths.contributions):
         if r["C"]:
             assert f"<strong>{float(r['C']):.2f}</strong>" in html
+
+
+def test_update_section_shows_where_the_full_arms_update_lives(studies):
+    """The new section: chart, the sentence computed from checks.json and
+    contributions.csv, and the per-part table, from the audit of the study's
+    checkpoints (full RL moves 4 + k of 8 rows of layer k's matrices with a
+    rank-(1 + k) update; nothing else)."""
+    from layerbench.analysis.update import update_sentence
+
+    paths = studies["alpha"]
+    html = paths.report.read_text()
+    section = html[html.index('<section id="update">'):]
+    section = section[:section.index("</section>")]
+    assert "<h2>Where the update lives</h2>" in section
+    assert section.count('<img src="data:image/png;base64,') == 1
+    update = json.loads(paths.checks.read_text())["update"]
+    parts = {p["part"]: p for p in update["parts"]}
+    assert parts["layers.0"]["frac_changed"] == pytest.approx((32 + 64) / 200)  # 4 of 8 rows of q (8x8), down (8x16)
+    assert parts["layers.1"]["frac_changed"] == pytest.approx((40 + 80) / 200)
+    assert parts["embed"]["frac_changed"] == 0 and parts["layers.0"]["effective_rank"] == pytest.approx(1, abs=1e-3)
+    sentence = update_sentence(update, read_csv(paths.contributions), paths.study.limits.max_completion_tokens)
+    assert f"<strong>{sentence}</strong>" in unescape(section)
+    assert sentence.startswith(f"The full arm changed {100 * 216 / 728:.1f}% of its parameters")
+    assert "every decoder layer moved" in sentence and "layer 1 holds" in sentence
+    assert re.search(r"at the 40-token cap: Spearman -?1\.00\.$", sentence)
+    assert "<th scope=\"row\">layers.1</th><td class=\"num\">200</td><td class=\"num\">60.0%</td>" in section
+    audit = read_csv(paths.param_audit)
+    assert {r["matrix"] for r in audit if r["arm"] == "full" and r["seed"] == "1"} == set(tiny_state(2))
+    assert "not produced by this study: checks.json missing" in studies["sparse"].report.read_text().split(
+        '<section id="update">')[1]
+
+
+def test_freezing_section_shows_what_each_arm_saves(studies):
+    """The phase chart, the dominant-phase sentence and the ratios to full RL,
+    from costs.csv, which collect wrote from the runs' summary.json ``cost``."""
+    from layerbench.stages.report.cost import arm_costs, dominant_sentence
+
+    paths = studies["alpha"]
+    costs = read_csv(paths.costs)
+    assert {(r["arm"], r["backward_layers"]) for r in costs} == {("full", "0 1"), ("layer:0", "0 1"),
+                                                                 ("layer:1", "1")}
+    assert all(r["device"] == "cpu" and int(r["optimizer_steps"]) == 20 for r in costs)
+    html = paths.report.read_text()
+    section = html[html.index('<section id="freezing">'):]
+    section = unescape(section[:section.index("</section>")])
+    assert "<h2>What freezing saves</h2>" in section
+    assert section.count('<img src="data:image/png;base64,') == 1
+    sentence = dominant_sentence(arm_costs(costs))
+    assert f'<p class="verdict">{sentence}</p>' in section
+    assert sentence.startswith("On CPU, rollout generation is ") and "saves at most 1.5x per step here" in sentence
+    assert "fastest layer arm (layer 1)" in sentence
+    row = section[section.index('<th scope="row">layer 1</th>'):]
+    row = row[:row.index("</tr>")]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells[2] == "1.00"  # generation: the same rollouts for every arm
+    assert cells[3] == f"{0.12 / 0.30:.2f}" and cells[4] == f"{0.02 / 0.20:.2f}"  # forward/backward, backward
+    assert cells[7] == "0.333" and cells[8] == "0.333"  # optimizer state, trainable parameters: 1 of 3 parts
+    assert cells[9] == "1" and cells[10] == "0.50"  # backward through layer 1 only; 3 of 6 matrix products
+    assert "estimates until a GPU run of this study exists" in section
+    sparse = studies["sparse"].report.read_text().split('<section id="freezing">')[1]
+    assert "No run of this study recorded its cost" in sparse.split("</section>")[0]
+
+
+def test_dominant_phase_sentence_and_ratios():
+    from layerbench.stages.report.cost import arm_costs, dominant_sentence, ratio_rows
+
+    def row(arm, seed, gen, fb, opt, device="cpu"):
+        return {"arm": arm, "seed": seed, "device": device, "optimizer_steps": 10, "train_seconds": gen + fb + opt + 1,
+                "generation_seconds": gen, "scoring_seconds": 0.2, "forward_backward_seconds": fb,
+                "optimizer_seconds": opt, "backward_seconds": fb / 2, "peak_rss_mb": 900, "peak_gpu_mb": "", "optimizer_state_bytes": 800,
+                "trainable_parameters": 100, "backward_layers": "0 1"}
+
+    rollout_bound = [row("full", 1, 7.6, 2.0, 0.2), row("full", 2, 7.6, 2.0, 0.2),
+                     row("layer:1", 1, 7.6, 1.0, 0.02) | {"optimizer_state_bytes": 80, "trainable_parameters": 10,
+                                                          "backward_layers": "1"}]
+    arms = arm_costs(rollout_bound)
+    assert dominant_sentence(arms) == (
+        "On CPU, rollout generation is 76-86% of each optimizer step across arms, so freezing, which leaves the "
+        "rollouts (78% of full RL's step) as they are, saves at most 1.3x per step here; measured, the fastest "
+        "layer arm (layer 1) takes 0.88x full RL's time per step.")
+    (ratio,) = ratio_rows(arms, num_layers=2)
+    assert ratio["generation"] == pytest.approx(1.0) and ratio["forward_backward"] == pytest.approx(0.5)
+    assert ratio["backward"] == pytest.approx(0.5)
+    assert ratio["optimizer"] == pytest.approx(0.1) and ratio["optimizer_state"] == pytest.approx(0.1)
+    assert ratio["trainable"] == pytest.approx(0.1) and ratio["memory"] == pytest.approx(1.0)
+    assert ratio["backward_layers"] == [1] and ratio["est_forward_backward"] == pytest.approx(0.5)
+
+    gpu = [row("full", 1, 2.0, 7.0, 0.8, "cuda: NVIDIA H200"), row("layer:1", 1, 2.0, 3.0, 0.1, "cuda: NVIDIA H200")]
+    assert dominant_sentence(arm_costs(gpu)) == (
+        "On NVIDIA H200, forward/backward is 57-70% of each optimizer step across arms, the part freezing can "
+        "shrink; the rollouts, which it leaves as they are, take 22% of full RL's step, so it saves at most 4.5x "
+        "per step here; measured, the fastest layer arm (layer 1) takes 0.53x full RL's time per step.")
+    assert dominant_sentence(arm_costs([row("full", 1, 5.0, 4.8, 0.0)])) == (
+        "On CPU, rollout generation is 50% of each optimizer step for every arm.")
 
 
 def test_cut_marks_split_the_answer_at_each_budget():

@@ -1,5 +1,6 @@
 """RL arms with TRL's GRPOTrainer, for real, on the session's tiny model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -85,3 +86,48 @@ def test_metrics_and_rollouts_are_recorded_per_step(trained, small_base):
     per_step = study.rl.prompts_per_step * study.rl.num_generations
     assert len(rollouts) == study.rl.steps * per_step
     assert all(int(r["length"]) <= study.limits.max_completion_tokens for r in rollouts)
+
+
+def test_cost_is_recorded_and_backward_stops_at_the_trained_layer(trained):
+    """summary.json's ``cost``: phase times that add up, optimizer state of
+    the trainable parameters only, and backward only from the trained layer
+    up (embeddings and layer 0 are frozen for layer:1)."""
+    cost = {k: json.loads((v / "summary.json").read_text())["cost"] for k, v in trained.items()}
+    assert cost[("layer:1", 1)]["backward_layers"] == [1] and cost[("layer:1", 2)]["backward_layers"] == [1]
+    assert cost[("full", 1)]["backward_layers"] == [0, 1]
+    for c in cost.values():
+        assert c["device"] == "cpu" and c["peak_gpu_mb"] is None and c["peak_rss_mb"] > 0
+        assert all(c["seconds"][p] > 0 for p in ("generation", "scoring", "forward_backward", "optimizer"))
+        assert sum(c["seconds"].values()) == pytest.approx(c["train_seconds"], abs=1e-3)
+        split = c["forward_backward_split"]  # the loss forward, then backward, clipping and zeroing
+        assert split["loss_forward"] > 0 and split["backward"] > 0
+        assert sum(split.values()) == pytest.approx(c["seconds"]["forward_backward"], abs=1e-3)
+        assert c["rollouts"] == c["optimizer_steps"]  # the small study makes one update per rollout batch
+        # AdamW: two fp32 moments per trainable parameter (plus a step counter per tensor)
+        assert 8 * c["trainable_parameters"] <= c["optimizer_state_bytes"] < 8.01 * c["trainable_parameters"]
+        assert c["input_grads_blocked"] is False  # no gradient checkpointing: nothing to block
+    assert cost[("layer:1", 1)]["optimizer_state_bytes"] < cost[("full", 1)]["optimizer_state_bytes"] / 2
+
+
+def test_gradient_checkpointing_does_not_pull_frozen_layers_into_backward(trained, small_base, tmp_path, monkeypatch):
+    """With gradient checkpointing transformers makes the embeddings' output
+    require grad, so backward would run through every frozen layer below the
+    trained one; train_arm blocks that and gets the same weights."""
+    import layerbench.stages.train_cost as train_cost
+
+    study, arm = small_base["study"], Arm("layer", (1,))
+    rl = dataclasses.replace(study.rl_for(arm), gradient_checkpointing=True)
+
+    def train(name):
+        out = tmp_path / name
+        train_arm(small_base["model"], small_base["data"] / "train.jsonl", arm, 1, rl,
+                  study.limits.max_completion_tokens, RunFolder(out))
+        return out, json.loads((out / "summary.json").read_text())["cost"]
+
+    blocked, cost = train("blocked")
+    assert cost["backward_layers"] == [1] and cost["input_grads_blocked"] is True
+    same = trained[("layer:1", 1)] / "checkpoint" / "model.safetensors"
+    assert (blocked / "checkpoint" / "model.safetensors").read_bytes() == same.read_bytes()
+    monkeypatch.setattr(train_cost, "stop_backward_at_arm", lambda *args, **kwargs: False)
+    _, unblocked = train("unblocked")
+    assert unblocked["backward_layers"] == [0, 1]  # what transformers does on its own

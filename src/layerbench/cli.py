@@ -1,4 +1,4 @@
-"""``layerbench``: the commands users run, and under ``layerbench stage`` the ones rules run.
+"""layerbench: the commands users run, and under `layerbench stage` the ones rules run.
 
 User commands: ``contribution`` (C(k) from any scores table), ``audit``
 (truncation in any lm-eval samples file), ``check-limits`` (a study config's
@@ -163,7 +163,7 @@ def stage_timing(args) -> None:
 
 
 COLLECT_OUTPUTS = ("scores", "contributions", "training", "decomposition", "ranking", "provenance", "timings",
-                   "samples", "verdicts")
+                   "samples", "verdicts", "costs")
 
 
 def _user_commands(sub) -> None:
@@ -182,7 +182,7 @@ def _user_commands(sub) -> None:
     p = sub.add_parser("check-limits", help="offline token-limit check of a study config (declared context; "
                                             "downloads nothing)")
     p.add_argument("config", help="study config, e.g. config/paper/qwen3-1.7b-grpo-scripts.yaml")
-    p.add_argument("--out", help="also keep preflight.json/.md in this folder")
+    p.add_argument("--out", help="also keep the preflight tables, under OUT/results/<study>/")
     p.set_defaults(func=cmd_check_limits)
 
     p = sub.add_parser("compare", help="one report page for two studies side by side")

@@ -270,6 +270,11 @@ class StudyPaths:
         return self.results / "timings.csv"
 
     @property
+    def costs(self) -> Path:
+        """What each training run cost (time per phase, memory, optimizer state)."""
+        return self.results / "costs.csv"
+
+    @property
     def samples(self) -> Path:
         """The sample browser's answers, picked by collect for the report."""
         return self.results / "samples.json"

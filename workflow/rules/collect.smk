@@ -4,7 +4,7 @@
 
 
 rule collect:
-    """Tidy tables: scores, contributions, truncation audit, training metrics, timings."""
+    """Tidy tables: scores, contributions, truncation audit, training metrics, timings, training costs."""
     input:
         image=IMAGE,
         runs=P.all_runs(),
@@ -21,6 +21,7 @@ rule collect:
         timings=P.timings,
         samples=P.samples,
         verdicts=P.verdicts,
+        costs=P.costs,
     params:
         lb=LB_JOB,
         study=P.study_file,
@@ -30,4 +31,5 @@ rule collect:
         "{params.lb} stage collect --study {params.study} --scores {output.scores} "
         "--contributions {output.contributions} --training {output.training} "
         "--decomposition {output.decomposition} --ranking {output.ranking} --provenance {output.provenance} "
-        "--timings {output.timings} --samples {output.samples} --verdicts {output.verdicts} > {log} 2>&1"
+        "--timings {output.timings} --samples {output.samples} --verdicts {output.verdicts} --costs {output.costs} "
+        "> {log} 2>&1"

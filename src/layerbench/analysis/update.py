@@ -74,7 +74,8 @@ def update_summary(rows: list[dict], parts: list[str], arm: str = "full") -> dic
     total = {s: sum(r["delta_sq"] for r in rs) for s, rs in by_seed.items()}
 
     def pooled(select) -> dict:
-        per_seed = [_figures(sel, total[s]) for s, rs in sorted(by_seed.items()) if (sel := [r for r in rs if select(r)])]
+        per_seed = [_figures(sel, total[s]) for s, rs in sorted(by_seed.items())
+                    if (sel := [r for r in rs if select(r)])]
         return _rounded({k: _mean(f[k] for f in per_seed) for k in MEASURES})
 
     part_rows = []
@@ -145,7 +146,7 @@ def update_sentence(update: dict, contributions: list[dict] | None, cap: int) ->
                      f"{_pct(held)} of the decoder layers' squared update norm")
     if overall["erank_ratio"] is not None:
         bound = " (a lower bound: truncated SVD for some matrices)" if update.get("truncated") else ""
-        text += f"; mean effective rank of an update matrix: {overall['erank_ratio']:.2f} of full rank{bound}"
+        text += f"; mean effective rank of its update matrices: {overall['erank_ratio']:.2f} of full rank{bound}"
     c = c_at_cap(contributions, cap)
     paired = [p for p in layers if p["layer"] in c and p["rel_frobenius"] is not None]
     rho = spearman([p["rel_frobenius"] for p in paired], [c[p["layer"]]["C"] for p in paired]) if paired else None

@@ -4,6 +4,8 @@
 ``contributions`` C(k) per (arm, budget), 95% bootstrap CI over seeds and problems
 ``training``      per-step TRL metrics plus rollout truncation, per (arm, seed)
 ``timings``       Snakemake ``benchmark:`` figures per job
+``costs``         what each training run cost: time per phase, memory, optimizer
+                  state, backward depth (``summary.json``'s ``cost``)
 ``decomposition`` / ``ranking``  what each gain is made of (analysis.truncation)
 ``provenance``    code, environment, hardware and config of the study
 ``verdicts``      the headline and each C(k)'s verdict (analysis.verdicts)
@@ -46,11 +48,17 @@ SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_ra
                  "mean_tokens"]
 CONTRIBUTION_COLUMNS = ["arm", "budget", "C", "ci_low", "ci_high", "reason"]
 TIMING_COLUMNS = ["job", "seconds", "max_rss_mb", "cpu_time"]
+COST_PHASES = ("generation", "scoring", "forward_backward", "optimizer", "other")
+COST_FIELDS = ("device", "optimizer_steps", "rollouts", "peak_rss_mb", "peak_gpu_mb", "optimizer_state_bytes",
+               "gradient_bytes", "input_grads_blocked")
+COST_COLUMNS = ["arm", "seed", "train_seconds", *(f"{p}_seconds" for p in COST_PHASES), "loss_forward_seconds",
+                "backward_seconds", *COST_FIELDS,
+                "trainable_parameters", "total_parameters", "backward_layers", "job_seconds", "job_max_rss_mb"]
 SAMPLES_PER_ARM = 6
 
 
 def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: Path, decomposition: Path,
-            ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path) -> None:
+            ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path, costs: Path) -> None:
     study = paths.study
     scored = score_rows(paths)
     atomic_write_csv(scores, scored, SCORE_COLUMNS)
@@ -63,7 +71,9 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     write_provenance(paths, provenance)
     rows, columns = training_rows(paths)
     atomic_write_csv(training, rows, columns)
-    atomic_write_csv(timings, timing_rows(paths), TIMING_COLUMNS)
+    jobs = timing_rows(paths)
+    atomic_write_csv(timings, jobs, TIMING_COLUMNS)
+    atomic_write_csv(costs, cost_rows(paths, jobs), COST_COLUMNS)
 
     budgets = sorted({r["budget"] for r in scored})
     tasks = sorted({r["task"] for r in scored})
@@ -135,6 +145,28 @@ def timing_rows(paths: StudyPaths) -> list[dict]:
         record = dict(zip(header, values))
         rows.append({"job": str(tsv.relative_to(paths.benchmarks).with_suffix("")), "seconds": record.get("s"),
                      "max_rss_mb": record.get("max_rss"), "cpu_time": record.get("cpu_time")})
+    return rows
+
+
+def cost_rows(paths: StudyPaths, jobs: list[dict]) -> list[dict]:
+    """One row per trained (arm, seed): ``summary.json``'s ``cost`` (blank for
+    a run trained before it was measured) and the train job's benchmark
+    (rule train's ``runs/<arm>_seed<s>``)."""
+    by_job = {r["job"]: r for r in jobs}
+    rows = []
+    for arm in paths.study.trained_arms:
+        for seed in paths.study.seeds:
+            summary = json.loads(paths.run(arm, seed).summary.read_text())
+            cost, job = summary.get("cost") or {}, by_job.get(f"runs/{arm.slug}_seed{seed}", {})
+            layers = cost.get("backward_layers")
+            rows.append({"arm": arm.name, "seed": seed, "train_seconds": summary.get("train_seconds"),
+                         **{f"{p}_seconds": (cost.get("seconds") or {}).get(p) for p in COST_PHASES},
+                         **{f"{p}_seconds": v for p, v in (cost.get("forward_backward_split") or {}).items()},
+                         **{k: cost.get(k) for k in COST_FIELDS},
+                         "trainable_parameters": summary.get("trainable_parameters"),
+                         "total_parameters": summary.get("total_parameters"),
+                         "backward_layers": None if layers is None else " ".join(map(str, layers)),
+                         "job_seconds": job.get("seconds"), "job_max_rss_mb": job.get("max_rss_mb")})
     return rows
 
 

@@ -3,7 +3,7 @@
 The arm decides what may change: ``full`` trains every parameter;
 ``layer:K`` (and ``layers:I,J``) freeze everything except those decoder
 layers (attention, MLP and both norms). Gradients flow from the loss down
-to the lowest trained layer and stop there (``train_cost.StopBackwardAtArm``
+to the lowest trained layer and stop there (``train_cost.stop_backward_at_arm``
 keeps gradient checkpointing from pulling the frozen layers below into
 backward); only the optimizer's parameter set and how deep backward goes
 differ. GRPO and Dr. GRPO are TRL's own ``loss_type``/``scale_rewards``
@@ -285,7 +285,7 @@ def train_arm(
     from trl import GRPOTrainer
 
     from layerbench.runtime.numerics import describe
-    from layerbench.stages.train_cost import CostMeter, StopBackwardAtArm
+    from layerbench.stages.train_cost import CostMeter, stop_backward_at_arm
 
     seed_everything(seed)
     torch.set_num_threads(rl.threads)
@@ -309,8 +309,8 @@ def train_arm(
                 args=args,
                 train_dataset=dataset,
                 processing_class=tokenizer,
-                callbacks=[stop := StopBackwardAtArm(embeddings_frozen=arm.kind != "full")],
             )
+        input_grads_blocked = stop_backward_at_arm(model, trainer.args, embeddings_frozen=arm.kind != "full")
         meter = CostMeter().attach(trainer, decoder_layers(model))
         trainer.train()
         seconds = time.perf_counter() - started
@@ -342,7 +342,7 @@ def train_arm(
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
             "numerics": describe(),
-            "cost": {**meter.summary(trainer, seconds, trainable), "input_require_grads_removed": stop.removed},
+            "cost": {**meter.summary(trainer, seconds, trainable), "input_grads_blocked": input_grads_blocked},
         }
         atomic_write_json(run.summary, summary)
     return summary

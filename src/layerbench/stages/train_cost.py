@@ -13,7 +13,9 @@ change to the autograd graph), so every trained bit stays the same:
   backward, gradient clipping and zeroing) and ``other`` (the rest of the
   run: trainer set-up, data loading, logging). GRPO generates once per
   ``steps_per_generation`` micro-batches; that time lands in the optimizer
-  step that generated. On CUDA the clocks are read after
+  step that generated; ``forward_backward_split`` divides forward/backward
+  into the loss forward (``compute_loss``) and the rest (backward, gradient
+  clipping and zeroing). On CUDA the clocks are read after
   ``torch.cuda.synchronize``.
 * peak memory: the process's max RSS; on CUDA ``torch.cuda.max_memory_allocated``
   (peak reset when training starts).
@@ -22,8 +24,8 @@ change to the autograd graph), so every trained bit stays the same:
 * ``backward_layers``: decoder layers whose output received a gradient
   during training (a hook on each layer's output tensor): where backward ran.
 
-``StopBackwardAtArm`` keeps backward from running below a layer arm's lowest
-trained layer (see its docstring).
+``stop_backward_at_arm`` keeps backward from running below a layer arm's
+lowest trained layer (see its docstring).
 """
 
 from __future__ import annotations
@@ -35,33 +37,36 @@ from collections import Counter
 import torch
 from transformers import TrainerCallback
 
-PHASES = ("generation", "scoring", "forward_backward", "optimizer", "other")
-TIMED = ("_generate_single_turn", "_generate_and_score_completions")  # GRPOTrainer methods CostMeter wraps
+TIMED = ("_generate_single_turn", "_generate_and_score_completions", "compute_loss")  # what CostMeter wraps
 
 
-class StopBackwardAtArm(TrainerCallback):
-    """Keep the frozen layers below a layer arm out of backward.
+def stop_backward_at_arm(model, args, embeddings_frozen: bool) -> bool:
+    """Keep the frozen layers below a layer arm out of backward; True when
+    something had to be done.
 
     With gradient checkpointing, transformers' ``gradient_checkpointing_enable``
-    (called by ``Trainer.train``) also calls ``enable_input_require_grads`` on
-    every model with ``input_ids``: the embeddings' output then requires
-    grad, so backward runs through every frozen layer below the trained one
-    (recomputing its activations too) for gradients nothing uses. With
-    non-reentrant checkpointing (transformers' default) the trained layers'
-    weights get their gradients without it, so this callback removes that
-    hook when training begins, after checkpointing is enabled. Reentrant
-    checkpointing needs it (a checkpointed layer whose inputs do not require
-    grad gives its weights no gradient) and is left alone."""
+    calls ``enable_input_require_grads`` on every model that takes
+    ``input_ids``: the embeddings' output then requires grad, so backward
+    runs through every frozen layer below the trained one (recomputing its
+    activations too) for gradients nothing uses. ``Trainer.train`` enables
+    checkpointing, and TRL enables it again after every rollout and no-grad
+    pass (``trl.models.utils.disable_gradient_checkpointing``), each time
+    adding the hook again (the earlier ones stay registered). With non-reentrant checkpointing (transformers'
+    default) the trained layers' weights get their gradients without it, so
+    for arms whose embeddings are frozen this model's
+    ``enable_input_require_grads`` becomes a no-op. Reentrant checkpointing
+    needs the hook (a checkpointed layer whose inputs do not require grad
+    gives its weights no gradient) and is left alone."""
+    reentrant = (args.gradient_checkpointing_kwargs or {}).get("use_reentrant")
+    if not (embeddings_frozen and args.gradient_checkpointing and not reentrant):
+        return False
 
-    def __init__(self, embeddings_frozen: bool):
-        self.embeddings_frozen = embeddings_frozen
-        self.removed = False
+    def enable_input_require_grads():
+        """layerbench: no-op, the embeddings are frozen (train_cost.stop_backward_at_arm)."""
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        reentrant = (args.gradient_checkpointing_kwargs or {}).get("use_reentrant")
-        if self.embeddings_frozen and args.gradient_checkpointing and not reentrant and model is not None:
-            self.removed = bool(getattr(model, "_require_grads_hooks", None))
-            model.disable_input_require_grads()
+    model.disable_input_require_grads()
+    model.enable_input_require_grads = enable_input_require_grads
+    return True
 
 
 class CostMeter(TrainerCallback):
@@ -69,7 +74,7 @@ class CostMeter(TrainerCallback):
 
     def __init__(self):
         self.use_cuda = False
-        self.seconds: Counter = Counter()  # generation, rollout, optimizer, step
+        self.seconds: Counter = Counter()  # generation, rollout, loss_forward, optimizer, step
         self.steps = 0
         self.rollouts = 0
         self.backward_calls: Counter = Counter()
@@ -89,6 +94,7 @@ class CostMeter(TrainerCallback):
             raise RuntimeError(f"TRL's GRPOTrainer has no {', '.join(missing)}: update layerbench.stages.train_cost")
         trainer._generate_single_turn = self._timed(trainer._generate_single_turn, "generation")
         trainer._generate_and_score_completions = self._timed(trainer._generate_and_score_completions, "rollout")
+        trainer.compute_loss = self._timed(trainer.compute_loss, "loss_forward")
         for index, layer in enumerate(layers):
             layer.register_forward_hook(self._output_hook(index))
         self.use_cuda = trainer.args.device.type == "cuda"
@@ -155,6 +161,8 @@ class CostMeter(TrainerCallback):
             "rollouts": self.rollouts,
             "train_seconds": round(train_seconds, 4),
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "forward_backward_split": {"loss_forward": round(s["loss_forward"], 4),
+                                       "backward": round(seconds["forward_backward"] - s["loss_forward"], 4)},
             "per_step": {**{k: round(v / steps, 5) for k, v in seconds.items() if k != "other"},
                          "step": round(s["step"] / steps, 5)},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

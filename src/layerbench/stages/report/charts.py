@@ -268,6 +268,7 @@ def update_chart(update: dict, contributions: list[dict] | None, cap: int) -> st
     share.plot(ks, _nan(p["frac_changed"] for p in layers), "o-", color="#111111", label="share of elements changed")
     share.plot(ks, _nan(p["erank_ratio"] for p in layers), "s--", color="#2a9d8f", label="effective rank / full rank")
     share.set_ylim(0, 1.05)
+    share.set_ylabel("share of elements / of full rank")
     share.grid(False)
     share.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()[0] + share.get_legend_handles_labels()[0]

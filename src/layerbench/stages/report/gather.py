@@ -37,6 +37,7 @@ from layerbench.stages.report.charts import (
     training_chart,
     update_chart,
 )
+from layerbench.stages.report.cost import cost_view
 
 
 def csv_or_none(path: Path) -> list[dict] | None:
@@ -96,16 +97,17 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     v["pairing"] = checks["pairing"] if checks is not None else None
     v["param_audit"] = (dict(checks["param_audit"], rows=_labelled(checks["param_audit"]["rows"]))
                         if checks is not None else None)
-    v["update"] = checks.get("update") if checks is not None else None
-    if v["update"]:
-        v["update_chart"] = update_chart(v["update"], contributions, cap)
-        v["update_sentence"] = update_sentence(v["update"], contributions, cap)
+    v["param_update"] = checks.get("update") if checks is not None else None
+    if v["param_update"]:
+        v["param_update_chart"] = update_chart(v["param_update"], contributions, cap)
+        v["param_update_sentence"] = update_sentence(v["param_update"], contributions, cap)
     repro = json_or_none(paths.repro)
     v["repro"] = repro_rows(repro) if repro is not None else None
     # provenance
     prov = json_or_none(paths.provenance)
     v["provenance"] = provenance_view(prov) if prov is not None else None
     v["compute"] = compute_view(csv_or_none(paths.timings), latest_wall_time(paths.wall_time))
+    v["freezing"] = cost_view(csv_or_none(paths.costs), num_layers)
     v["config_yaml"] = yaml.safe_dump(study.raw, sort_keys=True)
     # samples
     samples = json_or_none(paths.samples)
