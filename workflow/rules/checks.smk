@@ -1,7 +1,9 @@
 # Stage checks: is the comparison fair? Module: layerbench.stages.checks.
 #   checks        pairing (same first rollouts within a seed, different across
 #                 seeds) and the parameter audit (a layer arm moves its layers
-#                 and nothing else); verdicts in checks.json, a violation fails.
+#                 and nothing else, measured per weight matrix: share changed,
+#                 relative Frobenius norm, effective rank); verdicts and where
+#                 the full arm's update lives in checks.json; a violation fails.
 #   checks_repro  re-runs one (arm, seed) from scratch (repro.arm, repro.seed)
 #                 and compares it with the original: bitwise on CPU.
 

@@ -2,13 +2,13 @@
 
 The page answers, in the order a reader asks: does a single layer match full
 RL (headline), C(k) by layer, the scores, training curves, the truncation
-audit, the preflight, the pairing / parameter / re-run checks, provenance and
-a sample browser. It shows what collect and the checks wrote under
+audit, the preflight, the pairing / parameter / re-run checks, where the
+full arm's update lives, provenance, what freezing saves, and a sample browser. It shows what collect and the checks wrote under
 ``results/<study>/`` and decides nothing itself; a section whose file does
 not exist says so instead of disappearing.
 
-``gather`` reads the files into one study's view, ``charts`` draws it,
-``compare`` puts two studies side by side. Inline CSS, PNG charts as data
+``gather`` reads the files into one study's view, ``charts`` and ``cost``
+draw it, ``compare`` puts two studies side by side. Inline CSS, PNG charts as data
 URIs and one tiny inline script (open every ``<details>`` before printing);
 no network. Jinja2 autoescaping is on, so model answers, prompts, dataset
 fields and config strings are shown as text, never interpreted as HTML.
