@@ -157,7 +157,8 @@ def track_study(paths: StudyPaths, out: Path) -> dict:
     exp_id = experiment_id(client, study.tracking.experiment or f"layerbench-{study.name}")
     retire_unfinished(client, exp_id, study.name)
     prov = json.loads(paths.provenance.read_text())
-    tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()}
+    # the study's own name identifies its runs (retire_unfinished), whatever folder the record was made in
+    tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()} | {"layerbench.study": study.name}
     parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
     config_params = _flatten("config", study.resolved(), {})
     log_run(client, parent, config_params, [], tags)
