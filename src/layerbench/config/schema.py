@@ -77,7 +77,14 @@ def schema_at(key: str) -> dict:
 
 
 def defaults_at(key: str) -> dict:
-    """The schema's defaults of one section, e.g. ``defaults_at("rl")``."""
+    """The schema's defaults of one section, e.g. ``defaults_at("rl")`` (a copy:
+    the caller may change it)."""
+    return copy.deepcopy(_section_defaults(key))
+
+
+@functools.cache
+def _section_defaults(key: str) -> dict:
+    """Read from the schema once per section: every arm's fingerprint asks for them."""
     return fill_defaults({}, schema_at(key))
 
 
