@@ -49,6 +49,7 @@ printf 'pip\nsetuptools\n' > "$tmp/bootstrap.in"
   cat "$tmp/bootstrap.txt"; } > containers/bootstrap.lock
 
 printf 'vllm==%s\ntorch==2.13.0\n' "$VLLM" > "$tmp/gpu.in"
+[ -n "${LOCK_UPGRADE:-}" ] || grep -v "^#" containers/gpu.lock > "$tmp/gpu.txt"  # keep current pins (see scripts/lock.sh)
 gpu=("$UV" pip compile "$tmp/gpu.in" "${common[@]}" --python-version "$GPU_PYTHON" -c environment.lock -o "$tmp/gpu.txt")
 : > "$tmp/overrides.txt"
 if ! "${gpu[@]}" >/dev/null 2>"$tmp/strict.err"; then

@@ -6,7 +6,8 @@
 #   scripts/setup.sh          # the environment for studies
 #   scripts/setup.sh --test   # also the system tools the tests drive, when
 #                             # missing: Chromium (report tests), a docker engine
-#                             # and debootstrap (container build test); needs root
+#                             # and debootstrap (container build test), Slurm,
+#                             # munge and MariaDB (SLURM test); needs root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -39,6 +40,12 @@ if [ "${1:-}" = "--test" ]; then
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   java -version >/dev/null 2>&1 || missing+=(default-jre-headless)
+  # a one-node Slurm cluster (tests/test_slurm.py): munge, controller, compute daemon, client,
+  # and accounting (slurmdbd on MariaDB) for sacct, as on a real cluster and in the plugin's CI
+  for tool in munged:munge slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client slurmdbd:slurmdbd \
+              mariadbd:mariadb-server; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
