@@ -27,6 +27,7 @@ RUN_OUTPUTS = ("results", "reports", "mlflow.db", "mlruns", ".snakemake")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 _STATE = pytest.StashKey[dict]()  # tree_state of the repository when the session started
 _E2E = pytest.StashKey[dict]()  # the background DAG runs behind study_runs
+_REHEARSAL = pytest.StashKey[dict]()  # the background paper-study rehearsals behind rehearsals
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -46,13 +47,14 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _E2E in session.config.stash:  # runs a subset of tests never waited for are stopped
-        started = session.config.stash[_E2E]
-        for _, proc in started["runs"].values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its jobs
-                proc.wait()
-        shutil.rmtree(started["base"], ignore_errors=True)
+    for key in (_E2E, _REHEARSAL):  # runs a subset of tests never waited for are stopped
+        if key in session.config.stash:
+            started = session.config.stash[key]
+            for _, proc in started["runs"].values():
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its jobs
+                    proc.wait()
+            shutil.rmtree(started["base"], ignore_errors=True)
     before, after = session.config.stash[_STATE], tree_state(ROOT)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if changed:
@@ -162,6 +164,8 @@ def pytest_collection_modifyitems(session, config, items):
     """Start the DAG runs behind ``study_runs`` as soon as a collected test
     needs them: they compute while the tests before them run (the container
     build waits on the network and the disk most of the time)."""
+    if any("rehearsals" in getattr(item, "fixturenames", ()) for item in items):
+        _start_rehearsals(config)
     if not any("study_runs" in getattr(item, "fixturenames", ()) for item in items):
         return
     base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
@@ -170,6 +174,49 @@ def pytest_collection_modifyitems(session, config, items):
         work = study_workdir(base / name, with_threads(e2e_raw(), threads))
         started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
     config.stash[_E2E] = {"base": base, "runs": started}
+
+
+# Paper studies rehearsed on CPU (tests/test_rehearsal.py): paper config, then
+# config/paper/rehearsal/common.yaml, then the study's own rehearsal file.
+REHEARSED = ("qwen3-1.7b-grpo-scripts", "qwen2.5-math-1.5b-drgrpo")
+
+
+def rehearsal_configfiles(study: str) -> list[str]:
+    return [f"config/paper/{study}.yaml", "config/paper/rehearsal/common.yaml", f"config/paper/rehearsal/{study}.yaml"]
+
+
+def _start_rehearsals(config) -> None:
+    """Build the offline Hub mirror, then run every rehearsed study through
+    Snakemake, in one background shell (each study's log and exit status land
+    in its folder)."""
+    base = Path(tempfile.mkdtemp(prefix="layerbench-rehearsal-"))
+    home = base / "hf-home"
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **OFFLINE, "HF_HOME": str(home)}
+    lines = ["set -u", f"{sys.executable} {ROOT / 'tests' / 'hub_mirror.py'} {home} > {base}/mirror.log 2>&1 || exit 1"]
+    runs = {}
+    for study in REHEARSED:
+        work = study_workdir(base / study)
+        runs[study] = work
+        command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+                   "--cores", "2", "--configfile", *rehearsal_configfiles(study)]
+        lines.append(f"(cd {work} && {' '.join(command)} > snakemake.log 2>&1; echo $? > snakemake.rc)")
+    proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.stash[_REHEARSAL] = {"base": base, "home": home, "work": runs, "runs": {"all": (None, proc)}}
+
+
+@pytest.fixture(scope="session")
+def rehearsals(request) -> dict:
+    """{study: its finished rehearsal folder}; the mirror is at ``["hf_home"]``."""
+    started = request.config.stash[_REHEARSAL]
+    proc = started["runs"]["all"][1]
+    proc.wait(timeout=2400)
+    mirror_log = started["base"] / "mirror.log"
+    assert proc.returncode == 0, f"building the Hub mirror failed: {mirror_log.read_text()[-4000:]}"
+    for study, work in started["work"].items():
+        rc = (work / "snakemake.rc").read_text().strip()
+        assert rc == "0", f"{study}: snakemake exited {rc}: {(work / 'snakemake.log').read_text()[-6000:]}"
+    return {**started["work"], "hf_home": started["home"]}
 
 
 @pytest.fixture(scope="session")

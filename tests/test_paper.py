@@ -360,6 +360,7 @@ def test_lm_eval_vllm_model_args():
     assert decoding_kwargs(study.eval) == {"temperature": 0.6, "do_sample": True, "top_p": 0.95, "top_k": 20}
     dr = _study("qwen2.5-math-1.5b-drgrpo.yaml")
     assert vllm_model_args(Path("m"), dr.eval, 42, 4096)["max_model_len"] == 4096
+    assert vllm_model_args(Path("m"), dr.eval, 42, 4096, gpus=4)["tensor_parallel_size"] == 4  # the job's GPUs
     greedy = _study("qwen3-1.7b-grpo-scripts-greedy.yaml")
     assert decoding_kwargs(greedy.eval) == {"temperature": 0.0}
 

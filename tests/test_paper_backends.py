@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, small_study_raw
 
-from layerbench.config import HubData, ModelConfig, study_from_dict
+from layerbench.config import HubData, study_from_dict
 
 # --- Hub data, model and benchmark exports ----------------------------------------
 
@@ -103,31 +103,44 @@ def test_dr_grpo_data_uses_every_row_when_no_sample_is_set(tmp_path):
     assert (summary["train"], summary["test"]) == (12, 0)
 
 
+DOWNLOAD_MODEL = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+from layerbench.config import ModelConfig
+from layerbench.stages.download import download_model
+model = ModelConfig.defaults(source="hub", id="Qwen/Qwen3-1.7B-Base", revision="main", num_layers=28,
+                             context_length=32768)
+out = Path(sys.argv[1])
+print(json.dumps(download_model(model, out / "base_model")))
+try:
+    download_model(replace(model, num_layers=36), out / "other")
+except ValueError as exc:
+    print(exc)
+"""
+
+
 def test_download_model_pins_the_commit_and_checks_the_declared_shape(tmp_path):
-    from types import SimpleNamespace
+    """Through the real snapshot_download, offline: the revision resolves to its
+    commit through the cache's refs/main (tests/hub_mirror.py), exactly the
+    files of that commit land in base_model/, and a declared shape that
+    config.json contradicts is refused with nothing left behind."""
+    from hub_mirror import commit_of, write_model
 
-    from layerbench.stages.download import download_model
-
-    seen = {}
-
-    class Api:
-        def model_info(self, repo, revision):
-            seen["info"] = (repo, revision)
-            return SimpleNamespace(sha="0123abcd" * 5)
-
-    def snapshot(repo_id, revision, local_dir, allow_patterns):
-        seen["snapshot"] = (repo_id, revision)
-        Path(local_dir, "config.json").write_text(json.dumps({"num_hidden_layers": 28,
-                                                              "max_position_embeddings": 32768}))
-
-    model = ModelConfig.defaults(source="hub", id="Qwen/Qwen3-1.7B-Base", revision="main", num_layers=28,
-                                 context_length=32768)
-    source = download_model(model, tmp_path / "base_model", api=Api(), snapshot=snapshot)
-    assert seen == {"info": ("Qwen/Qwen3-1.7B-Base", "main"), "snapshot": ("Qwen/Qwen3-1.7B-Base", "0123abcd" * 5)}
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "config.json").write_text(json.dumps({"num_hidden_layers": 28, "max_position_embeddings": 32768}))
+    (files / "notes.md").write_text("not a model file: allow_patterns leaves it out")
+    home = tmp_path / "hf-home"
+    write_model(home, "Qwen/Qwen3-1.7B-Base", files)
+    out = subprocess.run([sys.executable, "-c", DOWNLOAD_MODEL, str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}, check=True).stdout
+    source = json.loads(out.splitlines()[0])
+    assert source == {"id": "Qwen/Qwen3-1.7B-Base", "revision": "main", "commit": commit_of("Qwen/Qwen3-1.7B-Base"),
+                      "num_layers": 28, "context_length": 32768}
     assert json.loads((tmp_path / "base_model" / "layerbench_source.json").read_text()) == source
-    assert source["commit"] == "0123abcd" * 5
-    with pytest.raises(ValueError, match="model.num_layers=36 but config.json has 28"):
-        download_model(replace(model, num_layers=36), tmp_path / "other", api=Api(), snapshot=snapshot)
+    assert sorted(p.name for p in (tmp_path / "base_model").iterdir()) == ["config.json", "layerbench_source.json"]
+    assert "model.num_layers=36 but config.json has 28" in out
     assert not (tmp_path / "other").exists()
 
 

@@ -10,7 +10,7 @@ from layerbench.analysis.stats import (
     spearman,
 )
 
-# PAPER.md check values (Qwen3 math average). Scores are printed to 0.1, so the
+# The paper's check values (Qwen3 math average). Scores are printed to 0.1, so the
 # reported C may differ from C of the printed scores by rounding: the test
 # checks that the reported value lies in the range of C over every score
 # within +-0.05 of the printed ones.

@@ -121,7 +121,7 @@ def stage_evaluate(args) -> None:
     if RunFolder(model).checkpoint.is_dir():  # a trained arm: its run folder
         model = RunFolder(model).checkpoint
     print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, EvalFolder(Path(args.out)),
-                         context_length=study.model.context_length))
+                         context_length=study.model.context_length, gpus=study.gpus))
 
 
 def stage_checks(args) -> None:

@@ -84,6 +84,7 @@ class TinyModelSpec(Section):
     """``model.build``: architecture and SFT schedule of the tiny base model."""
 
     KEY = "model.build"
+    architecture: str  # qwen2 | qwen3
     num_layers: int
     hidden_size: int
     intermediate_size: int
@@ -200,6 +201,7 @@ class RLConfig(Section):
     gradient_checkpointing: bool
     vllm_gpu_memory_utilization: float
     ref_dtype: str | None
+    policy_dtype: str
 
     def identity(self) -> dict[str, Any]:
         """What distinguishes this arm's training: every field, except the
@@ -213,7 +215,7 @@ class RLConfig(Section):
 
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
-    "gradient_checkpointing", "vllm_gpu_memory_utilization", "ref_dtype",
+    "gradient_checkpointing", "vllm_gpu_memory_utilization", "ref_dtype", "policy_dtype",
 })
 
 

@@ -63,6 +63,15 @@ def sha256_file(path: Path | str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link (no second copy of a multi-GB weight file) where both are on
+    one file system, else a copy."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
 def read_csv(path: Path | str) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))

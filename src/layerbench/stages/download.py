@@ -42,6 +42,7 @@ from layerbench.runtime.io import (
     atomic_directory,
     atomic_write_json,
     atomic_write_jsonl,
+    link_or_copy,
     sha256_file,
 )
 
@@ -121,18 +122,28 @@ def _source_indices(shuffled, n: int) -> list[int]:
     return [int(column[i].as_py()) for i in range(n)]
 
 
-def download_model(model: ModelConfig, out_dir: Path, api=None, snapshot=None) -> dict:
-    """Snapshot-download ``model.id`` at ``model.revision`` (resolved to a
-    commit first, so the files are exactly that commit) into ``out_dir``."""
-    if api is None or snapshot is None:
-        from huggingface_hub import HfApi, snapshot_download
+def download_model(model: ModelConfig, out_dir: Path) -> dict:
+    """Snapshot-download ``model.id`` at ``model.revision`` into the HF cache
+    and link exactly that commit's files into ``out_dir``.
 
-        api = api or HfApi()
-        snapshot = snapshot or snapshot_download
+    The cache, not ``out_dir``, is the download target so that one code path
+    serves a machine with network (the revision resolves through the Hub) and
+    one without (``HF_HUB_OFFLINE=1``: it resolves through the cache's
+    ``refs/<revision>``, as ``huggingface_hub`` does for every offline load).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import filter_repo_objects
+
     revision = model.revision or "main"
-    commit = api.model_info(model.id, revision=revision).sha
+    cached = Path(snapshot_download(repo_id=model.id, revision=revision, allow_patterns=MODEL_FILES))
+    commit = cached.name  # the cache keeps each snapshot under its commit sha
+    # offline, the snapshot may hold more than was asked for: filter again
+    names = filter_repo_objects([str(p.relative_to(cached)) for p in cached.rglob("*") if p.is_file()],
+                                allow_patterns=MODEL_FILES)
     with atomic_directory(out_dir) as tmp:
-        snapshot(repo_id=model.id, revision=commit, local_dir=str(tmp), allow_patterns=MODEL_FILES)
+        for name in sorted(names):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy((cached / name).resolve(), tmp / name)
         config = json.loads(ModelFolder(tmp).config.read_text())
         declared = {"num_layers": model.num_layers, "context_length": model.context_length}
         found = {"num_layers": config.get("num_hidden_layers"), "context_length": config.get("max_position_embeddings")}

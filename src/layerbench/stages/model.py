@@ -1,4 +1,4 @@
-"""Build the default study's base model: a tiny Qwen2 trained from scratch.
+"""Build the default study's base model: a tiny Qwen2 (or Qwen3) trained from scratch.
 
 The result is an ordinary Hugging Face model directory (``config.json``,
 ``model.safetensors``, tokenizer files) that ``AutoModelForCausalLM`` and
@@ -65,9 +65,13 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int):
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-    config = Qwen2Config(
+    # Qwen3Config's head_dim is its own field (default 128), not hidden_size / heads
+    config_class, extra = {"qwen2": (Qwen2Config, {}),
+                           "qwen3": (Qwen3Config, {"head_dim": spec.hidden_size // spec.num_heads})}[spec.architecture]
+    config = config_class(
+        **extra,
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,

@@ -290,7 +290,7 @@ def train_arm(
     seed_everything(seed)
     torch.set_num_threads(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, rl.policy_dtype))
     trainable = freeze_for_arm(model, arm)
     records = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])

@@ -55,7 +55,7 @@ PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncate
 
 
 def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out: EvalFolder,
-                   derive_budgets: bool | None = None, context_length: int | None = None) -> dict:
+                   derive_budgets: bool | None = None, context_length: int | None = None, gpus: int = 1) -> dict:
     """Run lm-eval on ``model_dir`` and write, atomically into ``out``:
     lm-eval's samples (``samples_<task>.jsonl``), our per-generation records
     (``generations_<task>.jsonl``), ``per_sample.csv`` (every sample at every
@@ -69,7 +69,7 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
     torch.set_num_threads(ev.threads)
     derive = ev.derive if derive_budgets is None else derive_budgets
     sampling_seed = seed if ev.seed is None else ev.seed
-    lm = make_lm(model_dir, ev, sampling_seed, context_length)
+    lm = make_lm(model_dir, ev, sampling_seed, context_length, gpus)
     manager = task_manager(ev.suites)
     decoding = decoding_kwargs(ev)
 

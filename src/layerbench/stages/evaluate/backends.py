@@ -162,18 +162,19 @@ def _recording_vllm_class():
     return RecordingVLLM
 
 
-def vllm_model_args(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None) -> dict:
+def vllm_model_args(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None, gpus: int = 1) -> dict:
     """Constructor arguments of ``layerbench-vllm`` (lm-eval's VLLM): the
     engine seed is the study's sampling seed (per-request seeds would make
     the repeats of one problem identical); max_model_len is ``eval.max_model_len``,
-    else the declared ``model.context_length``."""
+    else the declared ``model.context_length``; the model is split over the
+    job's ``gpus`` (tensor parallel)."""
     args = {
         "pretrained": str(model_dir),
         "dtype": ev.dtype,
         "seed": int(seed),
         "gpu_memory_utilization": ev.gpu_memory_utilization,
         "batch_size": ev.batch_size,
-        "tensor_parallel_size": 1,
+        "tensor_parallel_size": max(1, int(gpus)),
         "data_parallel_size": 1,
     }
     max_len = ev.max_model_len or context_length
@@ -199,10 +200,10 @@ def response_text(gen: Generation, decode) -> str:
     return postprocess_generated_text(text, list(gen.stop), None)
 
 
-def make_lm(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None = None):
+def make_lm(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None = None, gpus: int = 1):
     """The recording lm-eval model of ``eval.backend``."""
     if ev.backend == "vllm":
-        return _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length))
+        return _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length, gpus))
     import torch
 
     return _recording_model_class()(
