@@ -126,6 +126,18 @@ def _precalculus(rng: random.Random) -> Problem:
             f"We have $({a})({d}) - ({b})({c}) = {a * d} - {b * c} = \\boxed{{{value}}}$.", value)
 
 
+def _answer_only(template: str) -> Callable[[random.Random], Problem]:
+    """Problems of a dataset that has answers but no solutions: ``template``
+    holds the expression, the solution is empty."""
+
+    def make(rng: random.Random) -> Problem:
+        a, op, b, value = _operands(rng)
+        return template.format(f"{a} {_tex(op)} {b}"), "", value
+
+    make.__name__ = f"answer_only({template!r})"
+    return make
+
+
 def _unique(rng: random.Random, make: Callable[[random.Random], tuple], n: int, seen: set[str]) -> list[tuple]:
     """``n`` items from ``make`` whose first element (the problem) is not in ``seen``."""
     out = []
@@ -310,11 +322,7 @@ def _aime25(rows: int) -> DatasetFixture:
     # huggingface.co/datasets/math-ai/aime25 (problem, answer str, id str).
     repo = "math-ai/aime25"
 
-    def make(r: random.Random) -> Problem:
-        a, op, b, value = _operands(r)
-        return f"Compute the value of ${a} {_tex(op)} {b}$.", "", value
-
-    problems = _splits(repo, "default", ("test",), rows, make)["test"]
+    problems = _splits(repo, "default", ("test",), rows, _answer_only("Compute the value of ${}$."))["test"]
     out = [{"problem": p, "answer": str(v), "id": str(i)} for i, (p, _, v) in enumerate(problems)]
     return DatasetFixture(repo, {"default": {"test": out}}, "lm_eval/tasks/aime/aime25.yaml; "
                           "huggingface.co/datasets/math-ai/aime25 (dataset card)")
@@ -327,11 +335,7 @@ def _amc(rows: int) -> DatasetFixture:
     # of the AoPS wiki page of the problem).
     repo = "AI-MO/aimo-validation-amc"
 
-    def make(r: random.Random) -> Problem:
-        a, op, b, value = _operands(r)
-        return f"What is the value of ${a} {_tex(op)} {b}$?", "", value
-
-    problems = _splits(repo, "default", ("train",), rows, make)["train"]
+    problems = _splits(repo, "default", ("train",), rows, _answer_only("What is the value of ${}$?"))["train"]
     out = []
     for i, (p, _, v) in enumerate(problems):
         year, test, number = 2022 + i // 50 % 2, "AB"[i // 25 % 2], i % 25 + 1

@@ -42,13 +42,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conftest import stop_process
 
 # what each daemon or client needs: binary -> Debian package
 BINARIES = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
@@ -327,15 +328,8 @@ StorageLoc=slurm_acct_db
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             self.run("scancel", "--full", "-u", "root", check=False, timeout=20)
         for name in (f"slurmd-{GPU_NODE['name']}", f"slurmd-{self.host}", "slurmctld", "slurmdbd", "mysqld", "munged"):
-            proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if name in self.procs:
+                stop_process(self.procs[name], timeout=20)
 
     def leftover_processes(self) -> list[str]:
         """Processes still alive that this cluster started: its daemons, and

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, snakemake_in, study_workdir
+from conftest import ROOT, snakemake_in, stop_process, study_workdir
 
 from layerbench.runtime import containers
 from layerbench.runtime.containers import (
@@ -248,16 +247,6 @@ def _unmount_below(path: Path) -> None:
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _start_dockerd(base: Path) -> tuple[subprocess.Popen, dict, str]:
     """Our own dockerd. overlay2 when the kernel allows it (much faster: vfs
     copies the whole file system for every layer and container), else vfs;
@@ -279,7 +268,7 @@ def _start_dockerd(base: Path) -> tuple[subprocess.Popen, dict, str]:
             time.sleep(1)
         if proc.poll() is None and _docker_answers(env):
             return proc, env, driver
-        _stop(proc)
+        stop_process(proc)
         _unmount_below(root)
     pytest.fail(f"dockerd did not start with {drivers}; see the dockerd.log files under {base}")
 
@@ -300,7 +289,7 @@ def docker_engine():
     try:
         yield env, driver
     finally:
-        _stop(proc)
+        stop_process(proc)
         _unmount_below(base)
         shutil.rmtree(base, ignore_errors=True)
 
