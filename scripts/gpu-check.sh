@@ -4,11 +4,12 @@
 # twice, and its figures in one JSON file (scripts/gpu_check.py): rollout and eval
 # tokens/s, peak GPU memory per arm, and the spread between the two runs.
 #
-#   scripts/gpu-check.sh pack [DIR]   # where the package index is reachable: every wheel of
-#                                     # environment.lock except torch, as DIR/wheels.tar.part-*
-#                                     # pieces of at most 64 MiB (default DIR: gpu-check-wheels)
-#   scripts/gpu-check.sh run [OUT]    # on the GPU machine (torch with CUDA preinstalled, python3,
-#                                     # the repository with DIR in it): writes OUT (gpu-check.json)
+#   scripts/gpu-check.sh pack [DIR]   # where the package index is reachable, with Python 3.11: a
+#                                     # wheel of every pin of environment.lock except torch, as
+#                                     # DIR/wheels.tar.part-* pieces of at most 64 MiB
+#                                     # (default DIR: gpu-check-wheels)
+#   scripts/gpu-check.sh run [OUT]    # on the GPU machine (python3 3.11 with torch and CUDA, the
+#                                     # repository with DIR in it): writes OUT (gpu-check.json)
 #
 # Runs: TRL training under bf16 autocast with a bf16 KL reference (the paper config's
 # settings), lm-eval's hf backend on CUDA. Not run: vLLM (the rehearsal's one substitution).
@@ -26,9 +27,8 @@ if [ "$what" = pack ]; then
   DIR=${2:-$DIR}
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   no_torch_lock > "$tmp/lock.txt"
-  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \
-    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    -r "$tmp/lock.txt" -d "$tmp/wheels"
+  # wheels for this Python (the lock's 3.11), the few sdists in the lock built into wheels here
+  python3 -m pip wheel --quiet --no-deps --require-hashes -r "$tmp/lock.txt" -w "$tmp/wheels"
   mkdir -p "$DIR" && rm -f "$DIR"/wheels.tar.part-*
   tar -C "$tmp" -cf - wheels | split -b 64M - "$DIR/wheels.tar.part-"
   ls -l "$DIR"

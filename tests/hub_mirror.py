@@ -89,13 +89,19 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
           " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
 
 
-def paper_models(paper_dir: Path) -> dict[str, tuple[str, int]]:
-    """{model id: (architecture, context length)} of every paper config: ``qwen3``
-    for the Qwen3 rows, ``qwen2`` for Qwen2.5-Math (as their config.json say)."""
+# Qwen models whose config.json ties the output head to the input embeddings
+# (tie_word_embeddings: true on their model cards); Qwen3-8B-Base has its own head.
+TIED = {"Qwen/Qwen3-1.7B-Base", "Qwen/Qwen3-4B-Base", "Qwen/Qwen2.5-Math-1.5B"}
+
+
+def paper_models(paper_dir: Path) -> dict[str, tuple[str, int, bool]]:
+    """{model id: (architecture, context length, tied embeddings)} of every
+    paper config: ``qwen3`` for the Qwen3 rows, ``qwen2`` for Qwen2.5-Math."""
     models = {}
     for path in sorted(paper_dir.glob("*.yaml")):
         model = yaml.safe_load(path.read_text())["model"]
-        models[model["id"]] = ("qwen3" if "/Qwen3-" in model["id"] else "qwen2", model["context_length"])
+        architecture = "qwen3" if "/Qwen3-" in model["id"] else "qwen2"
+        models[model["id"]] = (architecture, model["context_length"], model["id"] in TIED)
     return models
 
 
@@ -114,25 +120,27 @@ def demonstrations(suffix: str, n: int = 240, seed: int = 0) -> list[dict]:
 
 
 def build_models(home: Path, scratch: Path, paper_dir: Path, suffix: str, num_layers: int = 2,
-                 sft_steps: int = 500) -> dict[str, Path]:
-    """A tiny SFT-trained model per (architecture, context length) of the paper
-    configs, cached under each paper model id; returns {model id: snapshot}."""
+                 sft_steps: int = 400) -> dict[str, Path]:
+    """A tiny SFT-trained model per shape (architecture, context length, tied
+    embeddings) of the paper configs, cached under each paper model id;
+    returns {model id: snapshot}."""
     from layerbench.config import TinyModelSpec
     from layerbench.runtime.io import atomic_write_jsonl
     from layerbench.stages.model import build_base_model
 
     sft = atomic_write_jsonl(scratch / "sft.jsonl", demonstrations(suffix))
     built, snapshots = {}, {}
-    for repo_id, (architecture, context) in paper_models(paper_dir).items():
-        if (architecture, context) not in built:
-            out = scratch / f"{architecture}-{context}"
+    for repo_id, shape in paper_models(paper_dir).items():
+        if shape not in built:
+            architecture, context, tied = shape
+            out = scratch / f"{architecture}-{context}-{'tied' if tied else 'untied'}"
             spec = TinyModelSpec.defaults(architecture=architecture, num_layers=num_layers, max_positions=context,
-                                          sft_steps=sft_steps)
+                                          tie_word_embeddings=tied, sft_steps=sft_steps)
             build_base_model(sft, out, spec)
             config = out / "tokenizer_config.json"
             config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": CHATML}, indent=2))
-            built[(architecture, context)] = out
-        snapshots[repo_id] = write_model(home, repo_id, built[(architecture, context)])
+            built[shape] = out
+        snapshots[repo_id] = write_model(home, repo_id, built[shape])
     return snapshots
 
 

@@ -85,6 +85,7 @@ class TinyModelSpec(Section):
 
     KEY = "model.build"
     architecture: str  # qwen2 | qwen3
+    tie_word_embeddings: bool
     num_layers: int
     hidden_size: int
     intermediate_size: int

@@ -79,7 +79,7 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int):
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_heads,
         max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=spec.tie_word_embeddings,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
