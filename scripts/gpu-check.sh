@@ -29,6 +29,12 @@ if [ "$what" = pack ]; then
   no_torch_lock > "$tmp/lock.txt"
   # wheels for this Python (the lock's 3.11), the few sdists in the lock built into wheels here
   python3 -m pip wheel --quiet --no-deps --require-hashes -r "$tmp/lock.txt" -w "$tmp/wheels"
+  # pip checked every download against the lock; the packed wheels (some built here from
+  # sdists, so with hashes of their own) are pinned by the hashes they have now
+  (cd "$tmp/wheels" && for w in *.whl; do
+     IFS=- read -r name version _ <<< "$w"
+     echo "$name==$version --hash=sha256:$(sha256sum "$w" | cut -d' ' -f1)"
+   done) > "$tmp/wheels/requirements.txt"
   mkdir -p "$DIR" && rm -f "$DIR"/wheels.tar.part-*
   tar -C "$tmp" -cf - wheels | split -b 64M - "$DIR/wheels.tar.part-"
   ls -l "$DIR"
@@ -41,8 +47,8 @@ python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA GPU"; print
 if [ ! -x .venv-gpu/bin/python ]; then  # torch from the machine, the rest from the packed wheels
   python3 -m venv --system-site-packages .venv-gpu
   cat "$DIR"/wheels.tar.part-* | tar -C "$work" -xf -
-  no_torch_lock > "$work/lock.txt"
-  .venv-gpu/bin/python -m pip install --quiet --no-index --no-deps --require-hashes --find-links "$work/wheels" -r "$work/lock.txt"
+  .venv-gpu/bin/python -m pip install --quiet --no-index --no-deps --require-hashes --find-links "$work/wheels" \
+    -r "$work/wheels/requirements.txt"
   .venv-gpu/bin/python -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
 fi
 export HF_HOME="$work/hf-home" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
