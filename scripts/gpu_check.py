@@ -8,12 +8,11 @@ reproducible; this measures by how much). Prints JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-from layerbench.runtime.io import read_csv
+from layerbench.runtime.io import read_csv, sha256_file
 
 
 def arm_figures(results: Path) -> dict:
@@ -48,7 +47,7 @@ def eval_figures(results: Path) -> dict:
 
 
 def checkpoint_hashes(results: Path) -> dict[str, str]:
-    return {str(f.relative_to(results)): hashlib.sha256(f.read_bytes()).hexdigest()
+    return {str(f.relative_to(results)): sha256_file(f)
             for f in sorted(results.glob("runs/*/seed*/checkpoint/*.safetensors"))}
 
 

@@ -148,10 +148,10 @@ def with_threads(raw: dict, threads: int) -> dict:
 
 def weight_hashes(results: Path) -> dict[str, str]:
     """{model file: sha256} of the base model and every checkpoint of a study."""
-    import hashlib
+    from layerbench.runtime.io import sha256_file
 
     files = [*results.glob("base_model/*.safetensors"), *results.glob("runs/*/seed*/checkpoint/*.safetensors")]
-    return {str(f.relative_to(results)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)}
+    return {str(f.relative_to(results)): sha256_file(f) for f in sorted(files)}
 
 
 ONE_ARM = "results/e2e/eval/layer-1/seed1"  # the corners run the base model and one arm only

@@ -67,10 +67,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 def build_model(spec: TinyModelSpec, vocab_size: int, eos_id: int):
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
+    qwen3 = spec.architecture == "qwen3"
     # Qwen3Config's head_dim is its own field (default 128), not hidden_size / heads
-    config_class, extra = {"qwen2": (Qwen2Config, {}),
-                           "qwen3": (Qwen3Config, {"head_dim": spec.hidden_size // spec.num_heads})}[spec.architecture]
-    config = config_class(
+    extra = {"head_dim": spec.hidden_size // spec.num_heads} if qwen3 else {}
+    config = (Qwen3Config if qwen3 else Qwen2Config)(
         **extra,
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
