@@ -157,18 +157,31 @@ def weight_hashes(results: Path) -> dict[str, str]:
 ONE_ARM = "results/e2e/eval/layer-1/seed1"  # the corners run the base model and one arm only
 
 
-E2E_RUNS = {  # name: (threads per job and --cores, environment, targets)
-    "wide": (2, {}, ()),
-    "narrow": (1, AVX2_MACHINE, ()),
-    "capped-2-threads": (2, AVX2_MACHINE, (ONE_ARM,)),
-    "native-1-thread": (1, {}, (ONE_ARM,)),
-}
-
-
 def e2e_raw() -> dict:
     raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
     raw["tracking"]["experiment"] = "layerbench-e2e"
     return raw
+
+
+def two_process_raw() -> dict:
+    """The e2e study's full arm and layer 1, each trained by two processes
+    (resources.gpus_per_arm on a CPU study: the launcher GPU studies use);
+    each process takes half of every 16-completion update."""
+    raw = small_study_raw("two-processes", arms=["base", "full", "layer:1"],
+                          resources={"gpu": 0, "gpus_per_arm": 2})
+    raw["rl"]["micro_batch_completions"] = 8
+    return raw
+
+
+TWO_PROCESS_CHECKS = "results/two-processes/checks.json"  # pairing and parameter audit of its runs
+
+E2E_RUNS = {  # name: (study, --cores and threads per job, environment, targets)
+    "wide": (e2e_raw, 2, {}, ()),
+    "narrow": (e2e_raw, 1, AVX2_MACHINE, ()),
+    "capped-2-threads": (e2e_raw, 2, AVX2_MACHINE, (ONE_ARM,)),
+    "native-1-thread": (e2e_raw, 1, {}, (ONE_ARM,)),
+    "two-processes": (two_process_raw, 1, {}, (TWO_PROCESS_CHECKS,)),  # a train job's 2 processes: 1 thread each
+}
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -181,8 +194,8 @@ def pytest_collection_modifyitems(session, config, items):
         return
     base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
     started = {}
-    for name, (threads, env, targets) in E2E_RUNS.items():
-        work = study_workdir(base / name, with_threads(e2e_raw(), threads))
+    for name, (study, threads, env, targets) in E2E_RUNS.items():
+        work = study_workdir(base / name, with_threads(study(), threads))
         started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
     config.stash[_E2E] = {"base": base, "runs": started}
 
@@ -236,8 +249,8 @@ def study_runs(request):
     that portable numerics must not depend on, all at once (nor on the load):
     "wide": --cores 2, 2 threads per job, this CPU's own kernels; "narrow":
     --cores 1, 1 thread per job, the AVX2_MACHINE caps; and for the base model
-    and one arm the other two corners, "capped-2-threads" and "native-1-thread".
-    Shared by every DAG test."""
+    and one arm the other two corners, "capped-2-threads" and "native-1-thread";
+    and "two-processes" (conftest.two_process_raw). Shared by every DAG test."""
     started = request.config.stash[_E2E]
     for name, (work, proc) in started["runs"].items():
         out, _ = proc.communicate(timeout=1800)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from layerbench.config import Arm, Study
 
+FSDP_CONFIG = "src/layerbench/runtime/fsdp2.yaml"  # relative to the workflow root, as jobs (and containers) see it
+
 
 @dataclass(frozen=True)
 class RuleSettings:
@@ -50,17 +52,34 @@ class RuleSettings:
         if "resources" not in self.study.raw:  # a CPU study: its rules request nothing
             return {}
         request = self.study.resources.stage(stage)
-        out = {"gpu": self.study.resources.gpu, "mem_mb": request.mem_mb, "runtime": request.runtime}
+        out = {"gpu": self.gpus(stage), "mem_mb": request.mem_mb, "runtime": request.runtime}
         return {k: v for k, v in out.items() if v is not None}
 
-    def threads(self, stage: str, default: int) -> int:
-        return self.study.resources.stage(stage).cpus or default
+    def gpus(self, stage: str) -> int:
+        """GPUs of one job: ``resources.gpus_per_arm`` for training, ``resources.gpu`` otherwise."""
+        return self.study.train_processes if stage == "train" and self.study.gpus else self.study.gpus
 
-    def gpu_params(self) -> dict:
+    def threads(self, stage: str, default: int) -> int:
+        """CPU threads of one job; a training job runs ``train_processes`` processes of ``default`` threads."""
+        processes = self.study.train_processes if stage == "train" else 1
+        return self.study.resources.stage(stage).cpus or default * processes
+
+    def gpu_params(self, stage: str) -> dict:
         """Rule params of a GPU stage: the slot wrapper (empty for CPU studies)."""
         if self.study.gpus < 1:
             return {}
-        return {"gpu_run": f"{sys.executable} -m layerbench.runtime.gpuslots --gpus {self.study.gpus} --"}
+        return {"gpu_run": f"{sys.executable} -m layerbench.runtime.gpuslots --gpus {self.gpus(stage)} --"}
+
+    def train_launcher(self) -> str:
+        """What runs ``layerbench`` in a training job: the module itself, or
+        accelerate's launcher with ``train_processes`` processes (FSDP2 on
+        GPUs; accelerate applies FSDP to GPUs only, so on CPU it is DDP over
+        gloo). Port 0: the launcher picks a free one, so concurrent jobs on one
+        machine do not collide."""
+        if self.study.train_processes == 1:
+            return "-m layerbench"
+        return (f"-m accelerate.commands.launch --config_file {FSDP_CONFIG} "
+                f"--num_processes {self.study.train_processes} --main_process_port 0 -m layerbench")
 
     def gpu_wrap(self, shell: str) -> str:
         """The shell command of a GPU stage, run inside a GPU slot (one

@@ -24,6 +24,7 @@ from layerbench.runtime import containers as lb_containers
 
 CONTAINER = lb_containers.plan(STUDY.runtime, P.root, repo=workflow.basedir)
 LB_JOB = CONTAINER.job_command()  # stage rules: "{LB_JOB} stage data --study ..."
+LB_TRAIN = CONTAINER.job_command(module=R.train_launcher())  # rule train: LB_JOB, or its multi-process launcher
 IMAGE = CONTAINER.inputs  # stage rules: input: image=IMAGE
 
 USING_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method

@@ -19,7 +19,7 @@ rule evaluate:
         lb=LB_JOB,
         study=P.study_file,
         fingerprint=R.fingerprint("eval", "limits", "numerics"),
-        **R.gpu_params(),
+        **R.gpu_params("evaluate"),
     threads: R.threads("evaluate", STUDY.eval.threads)
     resources:
         **R.resources("evaluate"),

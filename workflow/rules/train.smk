@@ -1,7 +1,8 @@
 # Stage train: RL (TRL's GRPOTrainer) for one (arm, seed). Module: layerbench.stages.train.
 # runs/ holds the study's runs; repro/ the from-scratch re-run of the repro target.
 # GPU studies (resources.gpu): resources gpu/mem_mb/runtime and one GPU slot per
-# job (layerbench.runtime.gpuslots sets CUDA_VISIBLE_DEVICES).
+# job (layerbench.runtime.gpuslots sets CUDA_VISIBLE_DEVICES). resources.gpus_per_arm
+# > 1: the job asks for that many GPUs and runs through accelerate launch (FSDP2).
 
 
 rule train:
@@ -17,10 +18,10 @@ rule train:
     output:
         directory(P.run_pattern),
     params:
-        lb=LB_JOB,
+        lb=LB_TRAIN,
         study=P.study_file,
         fingerprint=lambda w: R.arm_fingerprint(w.arm),
-        **R.gpu_params(),
+        **R.gpu_params("train"),
     threads: R.threads("train", STUDY.rl_for(STUDY.trained_arms[0]).threads)
     resources:
         **R.resources("train"),

@@ -70,6 +70,12 @@ class Study:
         return self.resources.gpu
 
     @property
+    def train_processes(self) -> int:
+        """Data-parallel processes of every training job (``resources.gpus_per_arm``):
+        one per GPU, or CPU processes on a CPU study; 1 when absent."""
+        return self.resources.gpus_per_arm or max(1, self.gpus)
+
+    @property
     def data_source(self) -> str:
         return self.data.source
 

@@ -80,15 +80,21 @@ def cross_field_problems(study: Study) -> list[str]:
     if "seed" in repro and repro["seed"] not in study.seeds:
         out.append(f"key 'repro.seed': {repro['seed']} is not one of the study's seeds {list(study.seeds)}")
     for arm in study.trained_arms:
-        problem = batch_problem(study.rl_for(arm))
+        problem = batch_problem(study.rl_for(arm), study.train_processes)
         if problem:
             out.append(f"arm {arm.name}: {problem}")
     out += [f"key 'eval.suites.{i}': {p}" for i, p in _suite_problems(study.eval.suites)]
+    if study.gpus and study.resources.gpu_memory_gb:
+        from layerbench.analysis.memory import memory_problems
+
+        out += memory_problems(study, study.resources.gpu_memory_gb)
     return out
 
 
-def batch_problem(rl: RLConfig) -> str | None:
-    """Batch sizes must divide evenly, or TRL would silently regroup them."""
+def batch_problem(rl: RLConfig, processes: int = 1) -> str | None:
+    """Batch sizes must divide evenly, or TRL would silently regroup them;
+    with several training processes each takes an equal share of every
+    optimizer update (the global batch stays the config's)."""
     mini_prompts = rl.mini_batch_prompts or rl.prompts_per_step
     if rl.prompts_per_step % mini_prompts:
         return f"rl.prompts_per_step={rl.prompts_per_step} is not a multiple of rl.mini_batch_prompts={mini_prompts}"
@@ -97,6 +103,13 @@ def batch_problem(rl: RLConfig) -> str | None:
     if mini_batch % micro_batch:
         return (f"rl.micro_batch_completions={micro_batch} does not divide the {mini_batch} completions of one "
                 f"optimizer update")
+    if mini_batch % (micro_batch * processes):
+        return (f"key 'resources.gpus_per_arm': {processes} processes x rl.micro_batch_completions={micro_batch} "
+                f"do not divide the {mini_batch} completions of one optimizer update (lower the micro-batch or "
+                f"use a number of GPUs that divides {mini_batch // micro_batch})")
+    if rl.use_vllm and processes % rl.vllm_tensor_parallel_size:
+        return (f"key 'rl.vllm_tensor_parallel_size': {rl.vllm_tensor_parallel_size} does not divide "
+                f"resources.gpus_per_arm={processes}")
     return None
 
 

@@ -201,6 +201,7 @@ class RLConfig(Section):
     bf16: bool | None
     gradient_checkpointing: bool
     vllm_gpu_memory_utilization: float
+    vllm_tensor_parallel_size: int
     ref_dtype: str | None
     policy_dtype: str
 
@@ -216,7 +217,7 @@ class RLConfig(Section):
 
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
-    "gradient_checkpointing", "vllm_gpu_memory_utilization", "ref_dtype", "policy_dtype",
+    "gradient_checkpointing", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "ref_dtype", "policy_dtype",
 })
 
 
@@ -303,12 +304,15 @@ class Resources(Section):
 
     KEY = "resources"
     gpu: int
+    gpus_per_arm: int | None  # None: gpu
+    gpu_memory_gb: float | None  # None: read from nvidia-smi by the training preflight
     train: StageResources
     evaluate: StageResources
 
     @classmethod
     def from_dict(cls, values: dict):
-        return cls(gpu=int(values.get("gpu", 0)),
+        return cls(gpu=int(values.get("gpu", 0)), gpus_per_arm=values.get("gpus_per_arm"),
+                   gpu_memory_gb=values.get("gpu_memory_gb"),
                    train=StageResources.from_dict(values.get("train") or {}),
                    evaluate=StageResources.from_dict(values.get("evaluate") or {}))
 

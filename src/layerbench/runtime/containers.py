@@ -266,17 +266,18 @@ class Plan:
             cmd += ["--wheels", str(self.wheels)]
         return " ".join(shlex.quote(c) for c in cmd)
 
-    def job_command(self, host_python: str = sys.executable) -> str:
-        """The command study rules run instead of ``python -m layerbench``."""
+    def job_command(self, host_python: str = sys.executable, module: str = "-m layerbench") -> str:
+        """The command study rules run instead of ``python -m layerbench``
+        (``module``: what the interpreter runs, e.g. a launcher of it)."""
         if self.runtime == "docker":
             gpus = "all" if self.torch_flavour == "cuda" else None
-            return docker_prefix(self.image, gpus=gpus, engine=self.engine) + " python -m layerbench"
+            return docker_prefix(self.image, gpus=gpus, engine=self.engine) + f" python {module}"
         if self.runtime == "apptainer":
             # Snakemake (--sdm apptainer) wraps the command in `apptainer exec
             # --home $PWD ... sh -c`; the image's env sets LAYERBENCH_IMAGE.
             image_id = f"$(sed -n 's/.*\"image_id\": \"\\(.*\\)\".*/\\1/p' {shlex.quote(str(self.image_json))})"
-            return f'LAYERBENCH_IMAGE_ID={image_id} PYTHONPATH="$PWD/src" /opt/venv/bin/python -m layerbench'
-        return f"{host_python} -m layerbench"
+            return f'LAYERBENCH_IMAGE_ID={image_id} PYTHONPATH="$PWD/src" /opt/venv/bin/python {module}'
+        return f"{host_python} {module}"
 
 
 def plan(runtime: str, root: Path | str = ".", environ: dict | None = None, repo: Path | str | None = None) -> Plan:

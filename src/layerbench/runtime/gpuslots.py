@@ -65,6 +65,17 @@ def gpu_pool(env: dict | None = None) -> tuple[list[str], str]:
     return _split(out.replace("\n", ",")), "nvidia-smi"
 
 
+def gpu_memory_gb() -> float | None:
+    """Memory of the smallest GPU ``nvidia-smi`` lists, in GB (None: no nvidia-smi)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (FileNotFoundError, subprocess.SubprocessError):
+        return None
+    sizes = [float(v) for v in out.split()]
+    return round(min(sizes) * 2**20 / 1e9, 1) if sizes else None  # MiB -> GB
+
+
 def default_lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV) or f"/tmp/layerbench-gpu-locks-{os.getuid()}")
 

@@ -126,6 +126,42 @@ def check_caps(study: Study, report: Report, context: int) -> None:
                    f"comparing studies with different caps also compares different loss scales")
 
 
+def check_memory(study: Study, report: Report) -> None:
+    """Each arm's estimated memory per process against the study's GPUs
+    (``resources.gpu_memory_gb``, else nvidia-smi), and the study's disk and
+    generated tokens (layerbench.analysis.memory). A study that declares its
+    GPU memory was already refused when it loaded; this also covers GPUs
+    read on the machine."""
+    from layerbench.analysis.memory import describe, study_memory, study_totals
+    from layerbench.runtime.gpuslots import gpu_memory_gb
+
+    gpu_gb, source = study.resources.gpu_memory_gb, "resources.gpu_memory_gb"
+    if study.gpus and gpu_gb is None:
+        gpu_gb, source = gpu_memory_gb(), "nvidia-smi"
+    rows = study_memory(study, gpu_gb if study.gpus else None)
+    if not rows:
+        report.add("memory", "model", "warn", f"the shape of {study.model.id} is not known offline: memory and "
+                   f"disk not estimated (layerbench.analysis.memory.KNOWN_SHAPES)")
+    for row in rows:
+        if not study.gpus:
+            against, status = "a CPU study: not compared with a GPU", "ok"
+        elif gpu_gb is None:
+            against, status = "GPU memory unknown (no resources.gpu_memory_gb, no nvidia-smi): not compared", "warn"
+        else:
+            against, status = f"GPUs of {gpu_gb:g} GB ({source})", "ok" if row["fits"] else "error"
+        fix = ("; give the arm more GPUs (resources.gpus_per_arm), a smaller rl.micro_batch_completions or "
+               "rl.gradient_checkpointing: true") if status == "error" else ""
+        report.add("memory per process", f"arm {row['arm']}", status,
+                   f"{describe(row)}; {against}; checkpoint {row['checkpoint_gb']:g} GB{fix}", **row)
+    totals = study_totals(study)
+    disk = f"{totals['checkpoint_disk_gb']:g} GB" if totals["checkpoint_disk_gb"] is not None else "unknown"
+    rollouts = f"{totals['rollout_tokens']:,}" if totals["rollout_tokens"] is not None else "unknown (whole split)"
+    report.add("disk and tokens", "study", "ok",
+               f"checkpoints {disk}; rollouts generate up to {rollouts} tokens; evaluation up to "
+               f"{totals['eval_tokens_per_problem']:,} tokens per eval problem (every arm, seed, repeat and budget)",
+               **totals)
+
+
 def check_budgets(study: Study, report: Report) -> None:
     cap, budgets = study.limits.max_completion_tokens, study.limits.eval_budgets
     if max(budgets) <= cap:
@@ -276,6 +312,7 @@ def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out:
     context, source, tokenizer = _model(study, model_dir)
     report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
     check_caps(study, report, context)
+    check_memory(study, report)
     if tokenizer is None:
         report.add("tokenizer", "model", "warn",
                    "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")

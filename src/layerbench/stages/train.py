@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ from layerbench.runtime.io import (
 )
 from layerbench.runtime.seeding import seed_everything
 
-ROLLOUT_COLUMNS = ["step", "index", "prompt", "length", "truncated", "reward"]
+ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward"]
 
 
 def freeze_for_arm(model, arm: Arm) -> int:
@@ -79,10 +81,11 @@ class RecordingReward:
 
     __name__ = "correct"
 
-    def __init__(self, tokenizer, eos_ids: list[int], correct=is_correct):
+    def __init__(self, tokenizer, eos_ids: list[int], correct=is_correct, rank: int = 0):
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.correct = correct
+        self.rank = rank  # this process's rank: each rank generates its own share of every rollout batch
         self.rows: list[dict] = []
         self.step0_sha256: str | None = None
 
@@ -98,6 +101,7 @@ class RecordingReward:
             self.rows.append(
                 {
                     "step": step,
+                    "rank": self.rank,
                     "index": i,
                     "prompt": prompt,
                     "length": len(ids),
@@ -174,7 +178,8 @@ def trl_loss(rl: RLConfig) -> dict:
 
 
 def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path,
-              max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None):
+              max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None,
+              processes: int = 1):
     """GRPOConfig for one arm; every value comes from the study config.
 
     Batch geometry (all counted in completions, TRL's unit): a rollout batch
@@ -182,6 +187,9 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
     optimizer updates of ``mini_batch`` completions, each accumulated over
     forward/backward passes of ``micro_batch`` completions. With
     ``rl.epochs`` the number of optimizer steps follows from ``n_prompts``.
+    With ``processes`` data-parallel processes each pass runs on every
+    process at once, so each accumulates 1/``processes`` as many passes: the
+    global batches, and so the optimization, stay the config's.
 
     vLLM (``rl.use_vllm``): TRL's colocated engine, its ``max_model_len`` the
     prompt cap plus the completion cap (a longer sequence cannot occur: the
@@ -196,6 +204,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
             raise ValueError("rl.use_vllm needs the prompt cap (vLLM max_model_len = prompt cap + completion cap)")
         extra.update(use_vllm=True, vllm_mode="colocate",
                      vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+                     vllm_tensor_parallel_size=rl.vllm_tensor_parallel_size,
                      vllm_max_model_length=max_prompt_tokens + max_completion_tokens)
     if rl.bf16 is not None:
         extra["bf16"] = rl.bf16
@@ -205,8 +214,8 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         output_dir=str(output_dir),
         max_steps=optimizer_steps(rl, n_prompts),
         per_device_train_batch_size=batch.micro,
-        gradient_accumulation_steps=batch.mini // batch.micro,
-        steps_per_generation=batch.per_rollout // batch.micro,
+        gradient_accumulation_steps=batch.mini // (batch.micro * processes),
+        steps_per_generation=batch.per_rollout // (batch.micro * processes),
         num_generations=rl.num_generations,
         max_completion_length=max_completion_tokens,
         learning_rate=rl.learning_rate,
@@ -278,15 +287,22 @@ def train_arm(
     max_prompt_tokens: int | None = None,
     verifier_name: str = "arith",
 ) -> dict:
-    """Train one arm; write its run folder atomically (all or nothing)."""
+    """Train one arm; write its run folder atomically (all or nothing).
+
+    Under a launcher (``WORLD_SIZE`` > 1, see ``RuleSettings.train_launcher``)
+    every process runs this function; all take part in training and in
+    gathering the rollouts, and only rank 0 writes the run folder."""
     import torch
+    from accelerate.utils import gather_object
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
     from layerbench.runtime.numerics import describe
-    from layerbench.stages.train_cost import CostMeter, stop_backward_at_arm
+    from layerbench.stages.train_cost import CostMeter, peak_rss_mb, stop_backward_at_arm
 
+    rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rss_before_model = peak_rss_mb()
     seed_everything(seed)
     torch.set_num_threads(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
@@ -294,14 +310,15 @@ def train_arm(
     trainable = freeze_for_arm(model, arm)
     records = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
-    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name))
+    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name), rank=rank)
     steps = optimizer_steps(rl, len(records))
 
     started = time.perf_counter()
-    with atomic_directory(out.path) as tmp:
-        run = RunFolder(tmp)
-        args = grpo_args(rl, max_completion_tokens, seed, run.scratch,
-                         max_prompt_tokens=max_prompt_tokens, n_prompts=len(records))
+    folder = atomic_directory(out.path) if rank == 0 else tempfile.TemporaryDirectory(prefix="layerbench-rank")
+    with folder as tmp:
+        run = RunFolder(Path(tmp))
+        args = grpo_args(rl, max_completion_tokens, seed, run.scratch, max_prompt_tokens=max_prompt_tokens,
+                         n_prompts=len(records), processes=processes)
         with vllm_engine_seed(seed) if rl.use_vllm else contextlib.nullcontext():
             trainer = GRPOTrainer(
                 model=model,
@@ -311,14 +328,18 @@ def train_arm(
                 processing_class=tokenizer,
             )
         input_grads_blocked = stop_backward_at_arm(model, trainer.args, embeddings_frozen=arm.kind != "full")
-        meter = CostMeter().attach(trainer, decoder_layers(model))
+        meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
         trainer.train()
         seconds = time.perf_counter() - started
         trainer.save_model(str(run.checkpoint))
+        rollouts = gather_object(reward.rows)  # every rank's, in rank order
+        step0_by_rank = gather_object([reward.step0_sha256])
+        if rank != 0:
+            return {}
         tokenizer.save_pretrained(run.checkpoint)
         _remove_tree(run.scratch)
 
-        truncation = truncation_by_step(reward.rows)
+        truncation = truncation_by_step(rollouts)
         metrics = []
         for entry in trainer.state.log_history:
             if "step" not in entry or "train_runtime" in entry:
@@ -329,13 +350,16 @@ def train_arm(
             metrics.append(row)
         columns = ["step"] + sorted({k for row in metrics for k in row} - {"step"})
         atomic_write_csv(run.metrics, metrics, columns)
-        atomic_write_csv(run.rollouts, reward.rows, ROLLOUT_COLUMNS)
+        atomic_write_csv(run.rollouts, rollouts, ROLLOUT_COLUMNS)
         summary = {
             "arm": arm.name,
             "seed": seed,
             "trainable_parameters": trainable,
             "total_parameters": sum(p.numel() for p in model.parameters()),
-            "step0_rollout_sha256": reward.step0_sha256,
+            "step0_rollout_sha256": step0_across_ranks(step0_by_rank),
+            "step0_rollout_sha256_by_rank": step0_by_rank,
+            "processes": processes,
+            "distributed": trainer.accelerator.distributed_type.value,
             "train_seconds": round(seconds, 2),
             "optimizer_steps": steps,
             "seconds_per_step": round(seconds / steps, 4),
@@ -346,6 +370,14 @@ def train_arm(
         }
         atomic_write_json(run.summary, summary)
     return summary
+
+
+def step0_across_ranks(hashes: list[str]) -> str:
+    """One pairing hash for a run: the rank's own with one process, else the
+    hash of every rank's in rank order (equal only if every rank's is)."""
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 def _remove_tree(path: Path) -> None:

@@ -72,7 +72,8 @@ def stop_backward_at_arm(model, args, embeddings_frozen: bool) -> bool:
 class CostMeter(TrainerCallback):
     """Time per phase, peak memory, optimizer state and backward depth of one run."""
 
-    def __init__(self):
+    def __init__(self, rss_before_model_mb: float = 0.0):
+        self.rss_before_model_mb = rss_before_model_mb  # the interpreter and libraries, before the model loads
         self.use_cuda = False
         self.seconds: Counter = Counter()  # generation, rollout, loss_forward, optimizer, step
         self.steps = 0
@@ -165,13 +166,19 @@ class CostMeter(TrainerCallback):
                                        "backward": round(seconds["forward_backward"] - s["loss_forward"], 4)},
             "per_step": {**{k: round(v / steps, 5) for k, v in seconds.items() if k != "other"},
                          "step": round(s["step"] / steps, 5)},
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_before_model_mb": self.rss_before_model_mb,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.use_cuda else None,
             "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
             "gradient_bytes": sum(p.numel() * p.element_size() for p in params),
             "trainable_parameters": trainable,
             "backward_layers": sorted(self.backward_calls),
         }
+
+
+def peak_rss_mb() -> float:
+    """This process's largest resident memory so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def optimizer_state_bytes(optimizer) -> int:
