@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from layerbench.config import Arm, Study
 
-FSDP_CONFIG = "src/layerbench/runtime/fsdp2.yaml"  # relative to the workflow root, as jobs (and containers) see it
-
 
 @dataclass(frozen=True)
 class RuleSettings:
@@ -72,14 +70,11 @@ class RuleSettings:
 
     def train_launcher(self) -> str:
         """What runs ``layerbench`` in a training job: the module itself, or
-        accelerate's launcher with ``train_processes`` processes (FSDP2 on
-        GPUs; accelerate applies FSDP to GPUs only, so on CPU it is DDP over
-        gloo). Port 0: the launcher picks a free one, so concurrent jobs on one
-        machine do not collide."""
+        its launcher with ``train_processes`` processes (accelerate launch
+        with FSDP2, see layerbench.runtime.launch)."""
         if self.study.train_processes == 1:
             return "-m layerbench"
-        return (f"-m accelerate.commands.launch --config_file {FSDP_CONFIG} "
-                f"--num_processes {self.study.train_processes} --main_process_port 0 -m layerbench")
+        return f"-m layerbench.runtime.launch --processes {self.study.train_processes} --"
 
     def gpu_wrap(self, shell: str) -> str:
         """The shell command of a GPU stage, run inside a GPU slot (one
