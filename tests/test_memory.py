@@ -101,7 +101,7 @@ def test_every_paper_config_fits_80gb_gpus(name):
 
 CALIBRATION_MODEL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
                          num_key_value_heads=4, head_dim=64)  # a 57M-parameter Qwen3: weights dwarf the tiny models'
-CALIBRATION_RL = dict(steps=1, prompts_per_step=2, num_generations=4, micro_batch_completions=4, threads=2,
+CALIBRATION_RL = dict(steps=2, prompts_per_step=2, num_generations=4, micro_batch_completions=4, threads=2,
                       bf16=False, gradient_checkpointing=True, learning_rate=1e-5)
 CALIBRATION_CAPS = dict(max_prompt_tokens=40, max_completion_tokens=128)
 
@@ -137,7 +137,7 @@ train_arm(Path(base), Path(train), Arm.parse(arm), 1, RLConfig.defaults(**json.l
 
 def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(tmp_path):
     """Both arm kinds of a 57M-parameter model, trained by stage train itself
-    (one GRPO step: AdamW allocates its states there; completions at the cap, gradient checkpointing), each in its
+    (two GRPO steps: the second runs with AdamW states in memory; completions at the cap, gradient checkpointing), each in its
     own process; measured: peak RSS above the RSS before the model loaded."""
     from layerbench.analysis.memory import MARGIN
     from layerbench.runtime.io import atomic_write_jsonl
