@@ -44,6 +44,8 @@ NO_DEFAULT = {
     "repro.arm": "absent: the first single-layer arm",
     "repro.seed": "absent: the study's first seed",
     "resources.gpu": "a default 0 would be filled into `resources: {}` and make its rules request gpu=0",
+    "resources.gpus_per_arm": "absent: resources.gpu (one process on a CPU study)",
+    "resources.gpu_memory_gb": "absent: read from nvidia-smi by the training preflight on the GPU machine",
     "resources.train.mem_mb": "absent: no memory requested",
     "resources.train.runtime": "absent: no time limit requested",
     "resources.train.cpus": "absent: rl.threads",

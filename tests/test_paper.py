@@ -205,12 +205,13 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
     assert {k: stats.get(k) for k in once} == dict.fromkeys(once, 1)
     assert stats["download_benchmark"] == 2  # amc, olympiadbench
     assert "model" not in stats
-    for rule in ("train", "evaluate"):
+    for rule, gpus in (("train", study.train_processes), ("evaluate", study.gpus)):
         jobs = _jobs(text, rule)
         assert len(jobs) == stats[rule]
         for job in jobs:
-            assert re.search(r"resources: .*\bgpu=1\b", job), job
+            assert re.search(rf"resources: .*\bgpu={gpus}\b", job), job
             assert "mem_mb=" in job and "runtime=" in job
+            assert (f"layerbench.runtime.launch --processes {gpus}" in job) == (rule == "train" and gpus > 1)
     for rule in ("download_model", "download_data", "data", "collect"):
         assert all("gpu=" not in job for job in _jobs(text, rule))
     # nothing was downloaded or built by planning
