@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -89,10 +88,13 @@ def cast_shared(state: dict, dtype) -> dict:
     """``state`` in ``dtype``, names that share one tensor (tied embeddings)
     still sharing one: ``save_pretrained`` then drops the tied copy, as it
     does for the uncast model."""
+    def shared(tensor):
+        return tensor.data_ptr(), tensor.shape
+
     by_storage = {}
     for tensor in state.values():
-        by_storage.setdefault(tensor.data_ptr(), tensor.to(dtype))
-    return {name: by_storage[tensor.data_ptr()] for name, tensor in state.items()}
+        by_storage.setdefault(shared(tensor), tensor.to(dtype))
+    return {name: by_storage[shared(tensor)] for name, tensor in state.items()}
 
 
 def disk_bytes(folder: Path) -> int:
@@ -164,8 +166,7 @@ def materialized(checkpoint_dir: Path, base_dir: Path, scratch_parent: Path) -> 
         for source in Path(base_dir).iterdir():
             if source.is_file() and source.suffix != ".safetensors" and source.name != SHARD_INDEX:
                 link_or_copy(source, folder / source.name)
-        save_file({n: t.contiguous() for n, t in state.items()}, os.fspath(folder / WEIGHTS),
-                  metadata={"format": "pt"})
+        save_file({n: t.contiguous() for n, t in state.items()}, folder / WEIGHTS, metadata={"format": "pt"})
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
