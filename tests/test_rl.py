@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from layerbench.config import Arm
-from layerbench.paths import RunFolder
+from layerbench.paths import CheckpointFolder, RunFolder
+from layerbench.runtime.checkpoints import materialized
 from layerbench.runtime.io import read_csv
 from layerbench.stages.train import (
     RecordingReward,
@@ -64,13 +65,16 @@ def test_arms_of_a_seed_share_step0_rollouts(trained):
     assert summary[("layer:1", 1)]["step0_rollout_sha256"] != summary[("layer:1", 2)]["step0_rollout_sha256"]
 
 
-def test_layer_arm_changes_only_its_layer(trained, small_base):
+def test_layer_arm_changes_only_its_layer(trained, small_base, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(small_base["model"]).state_dict()
-    tuned = AutoModelForCausalLM.from_pretrained(trained[("layer:1", 1)] / "checkpoint").state_dict()
+    with materialized(trained[("layer:1", 1)] / "checkpoint", small_base["model"], tmp_path) as m:
+        tuned = AutoModelForCausalLM.from_pretrained(m).state_dict()
     changed = {n for n in base if not torch.equal(base[n], tuned[n])}
     assert changed and all(n.startswith("model.layers.1.") for n in changed)
     full = AutoModelForCausalLM.from_pretrained(trained[("full", 1)] / "checkpoint").state_dict()
     assert any(not torch.equal(base[n], full[n]) for n in base if n.startswith("model.layers.0."))
+    saved = {k: json.loads((v / "summary.json").read_text())["checkpoint"]["format"] for k, v in trained.items()}
+    assert saved == {("full", 1): "full", ("layer:1", 1): "delta", ("layer:1", 2): "delta"}
 
 
 def test_metrics_and_rollouts_are_recorded_per_step(trained, small_base):
@@ -126,8 +130,8 @@ def test_gradient_checkpointing_does_not_pull_frozen_layers_into_backward(traine
 
     blocked, cost = train("blocked")
     assert cost["backward_layers"] == [1] and cost["input_grads_blocked"] is True
-    same = trained[("layer:1", 1)] / "checkpoint" / "model.safetensors"
-    assert (blocked / "checkpoint" / "model.safetensors").read_bytes() == same.read_bytes()
+    same = CheckpointFolder(trained[("layer:1", 1)] / "checkpoint").delta
+    assert CheckpointFolder(blocked / "checkpoint").delta.read_bytes() == same.read_bytes()
     monkeypatch.setattr(train_cost, "stop_backward_at_arm", lambda *args, **kwargs: False)
     _, unblocked = train("unblocked")
     assert unblocked["backward_layers"] == [0, 1]  # what transformers does on its own

@@ -114,14 +114,16 @@ def stage_train(args) -> None:
 
 def stage_evaluate(args) -> None:
     from layerbench.paths import EvalFolder, RunFolder
+    from layerbench.runtime.checkpoints import materialized
     from layerbench.stages.evaluate import evaluate_model
 
     study = _paths(args).study
-    model = Path(args.model)
+    model, out = Path(args.model), EvalFolder(Path(args.out))
     if RunFolder(model).checkpoint.is_dir():  # a trained arm: its run folder
         model = RunFolder(model).checkpoint
-    print(evaluate_model(model, study.eval, study.limits.eval_budgets, args.seed, EvalFolder(Path(args.out)),
-                         context_length=study.model.context_length, gpus=study.gpus))
+    with materialized(model, Path(args.base), scratch_parent=out.path.parent) as model_dir:
+        print(evaluate_model(model_dir, study.eval, study.limits.eval_budgets, args.seed, out,
+                             context_length=study.model.context_length, gpus=study.gpus))
 
 
 def stage_checks(args) -> None:
@@ -131,7 +133,7 @@ def stage_checks(args) -> None:
 
     if args.what == "repro":
         print(write_repro(Arm.parse(args.arm), args.seed, RunFolder(Path(args.original)),
-                          RunFolder(Path(args.rerun)), Path(args.out)))
+                          RunFolder(Path(args.rerun)), Path(args.base), Path(args.out)))
         return
     paths = _paths(args)
     runs = {(a.name, s): paths.run(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
@@ -237,7 +239,9 @@ def _stage_commands(sub) -> None:
           ("--arm", {"required": True}), ("--seed", {"type": int, "required": True}),
           ("--base", {"required": True}), ("--train", {"required": True}), out)
     stage("evaluate", stage_evaluate, "lm-eval a model at every budget",
-          ("--model", {"required": True}), ("--seed", {"type": int, "required": True}), out)
+          ("--model", {"required": True}), ("--seed", {"type": int, "required": True}),
+          ("--base", {"required": True, "help": "the base model (a layer arm's checkpoint holds only its layers)"}),
+          out)
     p = sub.add_parser("checks", help="pairing check and parameter audit (arms), or a re-run's comparison (repro)")
     what = p.add_subparsers(dest="what", required=True)
     q = what.add_parser("arms", help="pairing check and parameter audit of every run")
@@ -245,7 +249,7 @@ def _stage_commands(sub) -> None:
         q.add_argument(flag, required=True)
     q.set_defaults(func=stage_checks)
     q = what.add_parser("repro", help="compare a re-run with the original run")
-    for flag in ("--study", "--arm", "--original", "--rerun", "--out"):
+    for flag in ("--study", "--arm", "--original", "--rerun", "--base", "--out"):
         q.add_argument(flag, required=True)
     q.add_argument("--seed", type=int, required=True)
     q.set_defaults(func=stage_checks)

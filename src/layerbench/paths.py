@@ -47,6 +47,25 @@ class RunFolder:
 
 
 @dataclass(frozen=True)
+class CheckpointFolder:
+    """A run's ``checkpoint``: a whole Hugging Face model (full RL), or a
+    layer arm's trained layers over the base model
+    (``layerbench.runtime.checkpoints``)."""
+
+    path: Path
+
+    @property
+    def delta(self) -> Path:
+        """The trained layers' tensors."""
+        return self.path / "delta.safetensors"
+
+    @property
+    def delta_record(self) -> Path:
+        """What the delta holds and the hash of the base it lays over."""
+        return self.path / "delta.json"
+
+
+@dataclass(frozen=True)
 class EvalFolder:
     """What stage ``evaluate`` writes for one model."""
 

@@ -34,6 +34,7 @@ rule checks_repro:
         image=IMAGE,
         original=P.run(STUDY.repro_arm, STUDY.repro_seed).path,
         rerun=P.run(STUDY.repro_arm, STUDY.repro_seed, runs="repro").path,
+        base=P.base_model,  # a layer arm's checkpoint holds only its layers
     output:
         P.repro,
     params:
@@ -45,4 +46,4 @@ rule checks_repro:
         P.logs / "checks_repro.log",
     shell:
         "{params.lb} stage checks repro --study {params.study} --arm {params.arm} --seed {params.seed} "
-        "--original {input.original} --rerun {input.rerun} --out {output} > {log} 2>&1"
+        "--original {input.original} --rerun {input.rerun} --base {input.base} --out {output} > {log} 2>&1"

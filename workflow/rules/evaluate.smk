@@ -9,6 +9,7 @@ rule evaluate:
     input:
         image=IMAGE,
         model=lambda w: P.model_for(w.arm, w.seed),
+        base=P.base_model,  # a layer arm's checkpoint holds only its layers
         test=rules.data.output.test,
         preflight=rules.preflight_eval.output,
         **P.eval_data_inputs(),
@@ -29,6 +30,6 @@ rule evaluate:
         P.logs / "eval" / "{arm}_seed{seed}.log",
     shell:
         R.gpu_wrap(
-            "{params.lb} stage evaluate --study {params.study} --model {input.model} --seed {wildcards.seed} "
-            "--out {output} > {log} 2>&1"
+            "{params.lb} stage evaluate --study {params.study} --model {input.model} --base {input.base} "
+            "--seed {wildcards.seed} --out {output} > {log} 2>&1"
         )

@@ -204,6 +204,7 @@ class RLConfig(Section):
     vllm_tensor_parallel_size: int
     ref_dtype: str | None
     policy_dtype: str
+    checkpoint_dtype: str
 
     def identity(self) -> dict[str, Any]:
         """What distinguishes this arm's training: every field, except the
@@ -218,6 +219,7 @@ class RLConfig(Section):
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
     "gradient_checkpointing", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "ref_dtype", "policy_dtype",
+    "checkpoint_dtype",
 })
 
 

@@ -9,6 +9,9 @@
   Per weight tensor it also measures where the update lives (share of
   elements changed, relative Frobenius norm and effective rank of the update;
   ``matrix_measures``), summarised for the full arm in ``checks.json``.
+  Checkpoints are read whole (``runtime.checkpoints.load_state``): a layer
+  arm saves only its layers, so its frozen tensors are the base's, once the
+  base is the one its delta records.
 * Re-run check: one (arm, seed) is trained again from scratch and compared
   with the original, per-step metrics and final weights, bitwise.
 
@@ -27,6 +30,7 @@ from layerbench.analysis.update import update_summary
 from layerbench.analysis.verdicts import arm_sort_key, number
 from layerbench.config import Arm
 from layerbench.paths import RunFolder
+from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
@@ -37,10 +41,6 @@ LOWRANK_ABOVE = 1024
 LOWRANK_Q = 256
 # Wall-clock figures differ between runs by nature; everything else must not.
 TIMING_COLUMNS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
-
-
-class IntegrityError(RuntimeError):
-    """The arms are not a fair comparison; the message says which and why."""
 
 
 def pairing_rows(runs: dict[tuple[str, int], RunFolder]) -> list[dict]:
@@ -103,24 +103,12 @@ def model_parts(state: dict) -> dict[str, list[str]]:
     return parts
 
 
-def _load_state(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
-    state = {}
-    for f in files:
-        state.update(load_file(f))
-    return state
-
-
 def audit_parameters(base_dir: Path, checkpoint_dir: Path) -> list[dict]:
     """One row per weight tensor (``matrix``), parts in ``part_order``. Per
     part, on each of its rows: did it change at all (``changed``) and by how
     much (``rel_change`` = ||delta|| / ||base|| over the part); per tensor the
     ``matrix_measures``."""
-    base, tuned = _load_state(base_dir), _load_state(checkpoint_dir)
+    base, tuned = load_weights(base_dir), load_state(checkpoint_dir, base_dir)
     if set(base) != set(tuned):
         raise IntegrityError(f"{checkpoint_dir}: parameter names differ from the base model's")
     odd = [n for n in base if base[n].shape != tuned[n].shape]
@@ -292,11 +280,12 @@ def audit_summary(rows: list[dict]) -> dict:
     return {"parts": parts, "rows": table, "problems": problems, "ok": not problems}
 
 
-def compare_runs(original: RunFolder, rerun: RunFolder) -> dict:
-    """Per-step metrics and final weights of two runs of the same (arm, seed)."""
+def compare_runs(original: RunFolder, rerun: RunFolder, base_dir: Path) -> dict:
+    """Per-step metrics and final weights of two runs of the same (arm, seed)
+    from the base model ``base_dir``."""
     import torch
 
-    a, b = _load_state(original.checkpoint), _load_state(rerun.checkpoint)
+    a, b = load_state(original.checkpoint, base_dir), load_state(rerun.checkpoint, base_dir)
     weight_diff = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
     bitwise = all(torch.equal(a[n], b[n]) for n in a)
     ma, mb = read_csv(original.metrics), read_csv(rerun.metrics)
@@ -323,11 +312,11 @@ def compare_runs(original: RunFolder, rerun: RunFolder) -> dict:
     }
 
 
-def write_repro(arm: Arm, seed: int, original: RunFolder, rerun: RunFolder, out: Path) -> dict:
+def write_repro(arm: Arm, seed: int, original: RunFolder, rerun: RunFolder, base_dir: Path, out: Path) -> dict:
     from layerbench.runtime.provenance import hardware
 
     hw = hardware()
-    result = {"arm": arm.name, "seed": seed, **compare_runs(original, rerun),
+    result = {"arm": arm.name, "seed": seed, **compare_runs(original, rerun, base_dir),
               "device": hw["gpu_model"] or hw["cpu_model"],
               "note": "CPU runs must match bitwise; on GPU (non-deterministic kernels, vLLM) the spread is reported"}
     atomic_write_json(out, result)

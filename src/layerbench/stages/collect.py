@@ -5,7 +5,8 @@
 ``training``      per-step TRL metrics plus rollout truncation, per (arm, seed)
 ``timings``       Snakemake ``benchmark:`` figures per job
 ``costs``         what each training run cost: time per phase, memory, optimizer
-                  state, backward depth (``summary.json``'s ``cost``)
+                  state, backward depth (``summary.json``'s ``cost``), checkpoint
+                  format, dtype and bytes on disk (its ``checkpoint``)
 ``decomposition`` / ``ranking``  what each gain is made of (analysis.truncation)
 ``provenance``    code, environment, hardware and config of the study
 ``verdicts``      the headline and each C(k)'s verdict (analysis.verdicts)
@@ -53,7 +54,8 @@ COST_FIELDS = ("device", "optimizer_steps", "rollouts", "peak_rss_mb", "peak_gpu
                "gradient_bytes", "input_grads_blocked")
 COST_COLUMNS = ["arm", "seed", "train_seconds", *(f"{p}_seconds" for p in COST_PHASES), "loss_forward_seconds",
                 "backward_seconds", *COST_FIELDS,
-                "trainable_parameters", "total_parameters", "backward_layers", "job_seconds", "job_max_rss_mb"]
+                "trainable_parameters", "total_parameters", "backward_layers", "checkpoint_format", "checkpoint_dtype",
+                "checkpoint_bytes", "job_seconds", "job_max_rss_mb"]
 SAMPLES_PER_ARM = 6
 
 
@@ -149,8 +151,8 @@ def timing_rows(paths: StudyPaths) -> list[dict]:
 
 
 def cost_rows(paths: StudyPaths, jobs: list[dict]) -> list[dict]:
-    """One row per trained (arm, seed): ``summary.json``'s ``cost`` (blank for
-    a run trained before it was measured) and the train job's benchmark
+    """One row per trained (arm, seed): ``summary.json``'s ``cost`` and
+    ``checkpoint`` (blank for a run trained before they were recorded) and the train job's benchmark
     (rule train's ``runs/<arm>_seed<s>``)."""
     by_job = {r["job"]: r for r in jobs}
     rows = []
@@ -158,6 +160,7 @@ def cost_rows(paths: StudyPaths, jobs: list[dict]) -> list[dict]:
         for seed in paths.study.seeds:
             summary = json.loads(paths.run(arm, seed).summary.read_text())
             cost, job = summary.get("cost") or {}, by_job.get(f"runs/{arm.slug}_seed{seed}", {})
+            checkpoint = summary.get("checkpoint") or {}
             layers = cost.get("backward_layers")
             rows.append({"arm": arm.name, "seed": seed, "train_seconds": summary.get("train_seconds"),
                          **{f"{p}_seconds": (cost.get("seconds") or {}).get(p) for p in COST_PHASES},
@@ -166,6 +169,7 @@ def cost_rows(paths: StudyPaths, jobs: list[dict]) -> list[dict]:
                          "trainable_parameters": summary.get("trainable_parameters"),
                          "total_parameters": summary.get("total_parameters"),
                          "backward_layers": None if layers is None else " ".join(map(str, layers)),
+                         **{f"checkpoint_{k}": checkpoint.get(k) for k in ("format", "dtype", "bytes")},
                          "job_seconds": job.get("seconds"), "job_max_rss_mb": job.get("max_rss_mb")})
     return rows
 

@@ -35,6 +35,7 @@ from layerbench.analysis.stats import percentile
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
 from layerbench.paths import RunFolder
+from layerbench.runtime.checkpoints import save_checkpoint
 from layerbench.runtime.io import (
     atomic_directory,
     atomic_write_csv,
@@ -331,12 +332,11 @@ def train_arm(
         meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
         trainer.train()
         seconds = time.perf_counter() - started
-        trainer.save_model(str(run.checkpoint))
+        checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
         rollouts = gather_object(reward.rows)  # every rank's, in rank order
         step0_by_rank = gather_object([reward.step0_sha256])
         if rank != 0:
             return {}
-        tokenizer.save_pretrained(run.checkpoint)
         _remove_tree(run.scratch)
 
         truncation = truncation_by_step(rollouts)
@@ -367,6 +367,7 @@ def train_arm(
             "max_completion_tokens": max_completion_tokens,
             "numerics": describe(),
             "cost": {**meter.summary(trainer, seconds, trainable), "input_grads_blocked": input_grads_blocked},
+            "checkpoint": checkpoint,
         }
         atomic_write_json(run.summary, summary)
     return summary

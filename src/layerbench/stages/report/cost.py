@@ -28,7 +28,8 @@ GRAD_BYTES = {"fp32": 4, "bf16": 2}
 
 def arm_costs(rows: list[dict]) -> list[dict]:
     """Per arm, means over its seeds with a cost record: seconds per phase
-    (whole run and per optimizer step), peak memory, optimizer state."""
+    (whole run and per optimizer step), peak memory, optimizer state, the
+    checkpoint's format and dtype (its first seed's) and size on disk."""
     by_arm = defaultdict(list)
     for r in rows:
         if number(r.get("forward_backward_seconds")) is not None:
@@ -47,6 +48,7 @@ def arm_costs(rows: list[dict]) -> list[dict]:
         gpu = avg("peak_gpu_mb")
         layers = sorted({int(k) for r in rs for k in (r.get("backward_layers") or "").split()})
         state = avg("optimizer_state_bytes")
+        checkpoint_bytes, checkpoint_format = avg("checkpoint_bytes"), rs[0].get("checkpoint_format")
         out.append({"arm": arm, "label": arm_label(arm), "seeds": len(rs), "steps": steps,
                     "train": avg("train_seconds"), "seconds": seconds, "per_step": per_step,
                     "step": sum(per_step.values()), "backward": None if backward is None else backward / steps,
@@ -54,6 +56,8 @@ def arm_costs(rows: list[dict]) -> list[dict]:
                     "memory_kind": "peak GPU memory" if gpu is not None else "peak RSS",
                     "optimizer_state": state, "optimizer_state_mb": None if state is None else state / 2**20,
                     "trainable": avg("trainable_parameters"), "backward_layers": layers,
+                    "checkpoint": f"{checkpoint_format} {rs[0].get('checkpoint_dtype')}" if checkpoint_format else None,
+                    "checkpoint_mb": None if checkpoint_bytes is None else checkpoint_bytes / 2**20,
                     "device": rs[0].get("device") or "unknown device"})
     return out
 

@@ -1,0 +1,172 @@
+"""Checkpoints of trained arms, and a whole model back from any of them.
+
+A full-RL arm is saved as a Hugging Face model folder, as a Hub model is. A
+layer arm changes only its decoder layers; everything else is the base
+model's, bit for bit (the parameter audit proves it). Saving that rest again
+for every layer arm and seed would multiply a study's disk by its number of
+arms, so a layer arm's checkpoint holds only its layers' tensors
+(``delta.safetensors``) and ``delta.json``, which names the base model by
+the hash of its weights.
+
+Readers never open a checkpoint's files themselves: ``load_state`` gives the
+whole state dict (the checks), ``materialized`` a whole model folder on disk
+(lm-eval and vLLM load only those). Both refuse a delta whose base is not the
+base model they are given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from layerbench.paths import CheckpointFolder
+from layerbench.runtime.io import atomic_write_json, link_or_copy, sha256_file
+
+DELTA_FORMAT = "layerbench-layer-delta"
+DELTA_VERSION = 1
+WEIGHTS = "model.safetensors"  # Hugging Face's name for a model's single weights file
+SHARD_INDEX = "model.safetensors.index.json"  # names the shards; a materialized model has one file
+
+
+class IntegrityError(RuntimeError):
+    """The arms are not a fair comparison, or a checkpoint is not what it
+    claims to be; the message says which and why. (Defined here, not in
+    ``stages.checks``, because reading a checkpoint already checks it.)"""
+
+
+def base_sha256(model_dir: Path) -> str:
+    """One hash for a model's weights: over each ``*.safetensors`` file's
+    name and sha256, sorted. A delta records it so it is never laid over any
+    other base."""
+    digest = hashlib.sha256()
+    for weights in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(f"{weights.name}\0{sha256_file(weights)}\n".encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(trainer, tokenizer, arm, base_dir: Path, checkpoint_dir: Path, dtype: str) -> dict | None:
+    """Save the trained model of ``arm`` cast to ``dtype`` (float32 or
+    bfloat16): a whole model folder for ``full``, else the delta of its
+    decoder layers over ``base_dir``.
+
+    Call it on every process of a distributed run: gathering the state dict
+    is a collective (one process, DDP or FSDP alike). Only the main process
+    writes; it returns the summary's ``checkpoint`` record (format, dtype,
+    bytes on disk, base_sha256), the others None."""
+    import torch
+
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.accelerator.is_main_process:
+        return None
+    folder, base_hash = CheckpointFolder(Path(checkpoint_dir)), base_sha256(base_dir)
+    cast = getattr(torch, dtype)
+    if arm.kind == "full":
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(folder.path, state_dict=cast_shared(state, cast))
+        tokenizer.save_pretrained(folder.path)
+        kind = "full"
+    else:
+        from safetensors.torch import save_file
+
+        trained = tuple(f"model.layers.{k}." for k in arm.layers)
+        delta = {n: t.to(cast).contiguous() for n, t in state.items() if n.startswith(trained)}
+        folder.path.mkdir(parents=True, exist_ok=True)
+        save_file(delta, folder.delta, metadata={"format": "pt"})
+        atomic_write_json(folder.delta_record, {
+            "format": DELTA_FORMAT, "version": DELTA_VERSION, "base_sha256": base_hash,
+            "layers": list(arm.layers), "dtype": dtype, "tensors": sorted(delta)})
+        kind = "delta"
+    return {"format": kind, "dtype": dtype, "bytes": disk_bytes(folder.path), "base_sha256": base_hash}
+
+
+def cast_shared(state: dict, dtype) -> dict:
+    """``state`` in ``dtype``, names that share one tensor (tied embeddings)
+    still sharing one: ``save_pretrained`` then drops the tied copy, as it
+    does for the uncast model."""
+    def shared(tensor):
+        return tensor.data_ptr(), tensor.shape
+
+    by_storage = {}
+    for tensor in state.values():
+        by_storage.setdefault(shared(tensor), tensor.to(dtype))
+    return {name: by_storage[shared(tensor)] for name, tensor in state.items()}
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def is_delta(checkpoint_dir: Path) -> bool:
+    return CheckpointFolder(Path(checkpoint_dir)).delta_record.is_file()
+
+
+def load_weights(model_dir: Path) -> dict:
+    """The tensors of a whole model folder (every ``*.safetensors`` file)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {model_dir}")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    return state
+
+
+def load_state(checkpoint_dir: Path, base_dir: Path) -> dict:
+    """The whole state dict of a checkpoint (or of any model folder): for a
+    delta, the base's tensors with the delta's laid over them, once the base
+    is the one it was trained from and every delta tensor has a place in it."""
+    folder = CheckpointFolder(Path(checkpoint_dir))
+    if not is_delta(folder.path):
+        return load_weights(folder.path)
+    from safetensors.torch import load_file
+
+    record = json.loads(folder.delta_record.read_text())
+    if (record.get("format"), record.get("version")) != (DELTA_FORMAT, DELTA_VERSION):
+        raise IntegrityError(f"{folder.delta_record}: not a {DELTA_FORMAT} version {DELTA_VERSION} record")
+    recorded, actual = record["base_sha256"], base_sha256(base_dir)
+    if recorded != actual:
+        raise IntegrityError(
+            f"{folder.path} holds only trained layers over a base model whose weights hash to {recorded}, "
+            f"but the base model given, {base_dir}, hashes to {actual}: read it with the base model it was "
+            "trained from, or train the run again from this one")
+    state, delta = load_weights(base_dir), load_file(folder.delta)
+    misplaced = [n for n, t in delta.items() if n not in state or state[n].shape != t.shape]
+    if misplaced:
+        raise IntegrityError(f"{folder.delta}: tensors with no same-shaped tensor in the base model "
+                             f"{base_dir}: {', '.join(sorted(misplaced))}")
+    return {**state, **delta}
+
+
+@contextmanager
+def materialized(checkpoint_dir: Path, base_dir: Path, scratch_parent: Path) -> Iterator[Path]:
+    """A whole Hugging Face model folder for ``checkpoint_dir``, for readers
+    that load only those: a full checkpoint (or a base model) is one already;
+    a delta becomes a temporary folder under ``scratch_parent`` (put it on
+    the disk of the job's output) with the base's config and tokenizer files
+    and ``model.safetensors`` from ``load_state``, removed when the block
+    ends, on errors too. Its tensors are the base's names (a tied base has
+    no ``lm_head.weight``: neither has this)."""
+    if not is_delta(checkpoint_dir):
+        yield Path(checkpoint_dir)
+        return
+    Path(scratch_parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=scratch_parent, prefix=".materialized-", suffix=".tmp"))
+    try:
+        from safetensors.torch import save_file
+
+        state = load_state(checkpoint_dir, base_dir)
+        for source in Path(base_dir).iterdir():
+            if source.is_file() and source.suffix != ".safetensors" and source.name != SHARD_INDEX:
+                link_or_copy(source, folder / source.name)
+        save_file({n: t.contiguous() for n, t in state.items()}, folder / WEIGHTS, metadata={"format": "pt"})
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
