@@ -4,7 +4,6 @@ never over another base. Unit tests on a tiny Qwen2 model built in a temp
 folder; the last test measures the session study's run folders."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
