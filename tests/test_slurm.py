@@ -200,16 +200,17 @@ def shell(cluster: SlurmCluster, command: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-@pytest.mark.parametrize("gpus", [1, 2])
-def test_gpu_jobs_ask_slurm_for_the_studys_gpus(cluster, tmp_path, gpus):
-    """A paper study with ``resources.gpu: gpus``, planned through the profile:
-    the sbatch lines the plugin builds for its train and evaluate jobs ask for
+@pytest.mark.parametrize("eval_gpus,train_gpus", [(1, 1), (2, 4)])
+def test_gpu_jobs_ask_slurm_for_the_studys_gpus(cluster, tmp_path, eval_gpus, train_gpus):
+    """A paper study with ``resources.gpu`` (evaluate) and
+    ``resources.gpus_per_arm`` (train), planned through the profile: the
+    sbatch lines the plugin builds for its train and evaluate jobs ask for
     the study's GPUs, memory, time and CPUs; the controller places them on
     gpu-node (--test-only), and runs them there (a second slurmd on this
     machine, 8 stand-in GPU devices): Slurm allocates the GPUs and sets
     CUDA_VISIBLE_DEVICES, which layerbench's GPU slot takes as it is."""
     raw = yaml.safe_load(PAPER.read_text())
-    raw["resources"]["gpu"] = gpus
+    raw["resources"].update(gpu=eval_gpus, gpus_per_arm=train_gpus)
     work = study_workdir(tmp_path / "study", raw)
     jobs = sbatch_calls(work, work / "study.yaml", GPU_NODE["partition"])
     assert Counter(j["rule"] for j in jobs)["train"] == 29 and Counter(j["rule"] for j in jobs)["evaluate"] == 30
@@ -223,7 +224,7 @@ def test_gpu_jobs_ask_slurm_for_the_studys_gpus(cluster, tmp_path, gpus):
             calls.setdefault(job["rule"], set()).add(job["sbatch"])
     cpu_rules = [c for rule, cs in calls.items() if rule not in ("train", "evaluate") for c in cs]
     assert cpu_rules and not [c for c in cpu_rules if "--gpus" in c or "--gres" in c]
-    for rule in ("train", "evaluate"):
+    for rule, gpus in (("train", train_gpus), ("evaluate", eval_gpus)):
         (call,) = calls[rule]  # every arm's job asks for the same
         stage = raw["resources"][rule]
         for part in (f"--gpus={gpus}", f"--mem {stage['mem_mb']}", f"-t {stage['runtime']}",
@@ -249,6 +250,7 @@ def test_gpu_jobs_ask_slurm_for_the_studys_gpus(cluster, tmp_path, gpus):
         assert output[-1] == ",".join(str(i) for i in range(gpus)), output  # CUDA_VISIBLE_DEVICES in the job
 
     # more GPUs than any node has: the controller refuses, it checks the count
-    too_many = shell(cluster, next(iter(calls["train"])).replace(f"--gpus={gpus}", f"--gpus={GPU_NODE['gpus'] + 1}")
+    too_many = shell(cluster, next(iter(calls["train"])).replace(f"--gpus={train_gpus}",
+                                                                 f"--gpus={GPU_NODE['gpus'] + 1}")
                      + " --test-only --wrap=true")
     assert too_many.returncode != 0 and "Requested node configuration is not available" in too_many.stderr
