@@ -1,6 +1,6 @@
 """Figures of scripts/gpu-check.sh, from the results folders of two identical
 rehearsal runs on one GPU: rollout and eval tokens/s, peak GPU memory per
-arm, and the spread between the runs (GPU kernels are not bitwise
+arm against the memory preflight's estimate, and the spread between the runs (GPU kernels are not bitwise
 reproducible; this measures by how much). Prints JSON.
 
     python scripts/gpu_check.py RESULTS_A RESULTS_B
@@ -16,14 +16,23 @@ from layerbench.runtime.io import read_csv, sha256_file
 
 
 def arm_figures(results: Path) -> dict:
-    """Per trained arm: peak GPU memory, rollout tokens/s, seconds per phase."""
+    """Per trained arm: peak GPU memory against the memory preflight's
+    estimate (layerbench.analysis.memory), rollout tokens/s, seconds per phase."""
+    from layerbench.analysis.memory import arm_memory, arm_plan, study_shape
+    from layerbench.config import Arm, load_study
+
+    study = load_study(results / "study.yaml")
     out = {}
     for summary in sorted(results.glob("runs/*/seed*/summary.json")):
         cost = json.loads(summary.read_text()).get("cost") or {}
         generated = sum(int(r["length"]) for r in read_csv(summary.parent / "rollouts.csv"))
         generation = cost.get("seconds", {}).get("generation") or 0
-        out[summary.parent.parent.name] = {
+        arm = Arm.parse(summary.parent.parent.name)
+        estimate = arm_memory(study_shape(study, results / "base_model"),
+                              arm_plan(study, arm, study.resources.gpu_memory_gb))
+        out[arm.slug] = {
             "device": cost.get("device"), "peak_gpu_mb": cost.get("peak_gpu_mb"),
+            "estimated_gb": round(estimate["total"], 3),
             "rollout_tokens": generated,
             "rollout_tokens_per_s": round(generated / generation, 1) if generation else None,
             "seconds": cost.get("seconds"), "optimizer_steps": cost.get("optimizer_steps"),

@@ -69,6 +69,8 @@ def model_context(study: Study, model_dir: Path | None) -> tuple[int, str]:
     if model_dir is not None and ModelFolder(model_dir).config.exists():
         cfg = json.loads(ModelFolder(model_dir).config.read_text())
         return int(cfg["max_position_embeddings"]), f"{model_dir}/config.json max_position_embeddings"
+    if study.model.source == "build":
+        return study.model.build.max_positions, "model.build.max_positions (the model is built by the DAG)"
     declared = study.model.context_length
     if declared is None:
         raise PreflightError("model is not available offline and key 'model.context_length' is not set")
@@ -126,10 +128,11 @@ def check_caps(study: Study, report: Report, context: int) -> None:
                    f"comparing studies with different caps also compares different loss scales")
 
 
-def check_memory(study: Study, report: Report) -> None:
+def check_memory(study: Study, report: Report, model_dir: Path | None) -> None:
     """Each arm's estimated memory per process against the study's GPUs
     (``resources.gpu_memory_gb``, else nvidia-smi), and the study's disk and
-    generated tokens (layerbench.analysis.memory). A study that declares its
+    generated tokens (layerbench.analysis.memory); the shape from the model's
+    config.json once it is here, else the declared one. A study that declares its
     GPU memory was already refused when it loaded; this also covers GPUs
     read on the machine."""
     from layerbench.analysis.memory import describe, study_memory, study_totals
@@ -138,7 +141,7 @@ def check_memory(study: Study, report: Report) -> None:
     gpu_gb, source = study.resources.gpu_memory_gb, "resources.gpu_memory_gb"
     if study.gpus and gpu_gb is None:
         gpu_gb, source = gpu_memory_gb(), "nvidia-smi"
-    rows = study_memory(study, gpu_gb if study.gpus else None)
+    rows = study_memory(study, gpu_gb if study.gpus else None, model_dir)
     if not rows:
         report.add("memory", "model", "warn", f"the shape of {study.model.id} is not known offline: memory and "
                    f"disk not estimated (layerbench.analysis.memory.KNOWN_SHAPES)")
@@ -153,7 +156,7 @@ def check_memory(study: Study, report: Report) -> None:
                "rl.gradient_checkpointing: true") if status == "error" else ""
         report.add("memory per process", f"arm {row['arm']}", status,
                    f"{describe(row)}; {against}; checkpoint {row['checkpoint_gb']:g} GB{fix}", **row)
-    totals = study_totals(study)
+    totals = study_totals(study, model_dir)
     disk = f"{totals['checkpoint_disk_gb']:g} GB" if totals["checkpoint_disk_gb"] is not None else "unknown"
     rollouts = f"{totals['rollout_tokens']:,}" if totals["rollout_tokens"] is not None else "unknown (whole split)"
     report.add("disk and tokens", "study", "ok",
@@ -312,7 +315,7 @@ def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out:
     context, source, tokenizer = _model(study, model_dir)
     report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
     check_caps(study, report, context)
-    check_memory(study, report)
+    check_memory(study, report, model_dir)
     if tokenizer is None:
         report.add("tokenizer", "model", "warn",
                    "tokenizer not available offline: prompt lengths were not measured, only declared limits checked")
