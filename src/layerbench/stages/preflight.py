@@ -69,9 +69,9 @@ def model_context(study: Study, model_dir: Path | None) -> tuple[int, str]:
     if model_dir is not None and ModelFolder(model_dir).config.exists():
         cfg = json.loads(ModelFolder(model_dir).config.read_text())
         return int(cfg["max_position_embeddings"]), f"{model_dir}/config.json max_position_embeddings"
-    if study.model.source == "build":
-        return study.model.build.max_positions, "model.build.max_positions (the model is built by the DAG)"
     declared = study.model.context_length
+    if declared is None and study.model.source == "build":
+        return study.model.build.max_positions, "model.build.max_positions (the model is built by the DAG)"
     if declared is None:
         raise PreflightError("model is not available offline and key 'model.context_length' is not set")
     return int(declared), "model.context_length (declared; the model is not available offline)"
