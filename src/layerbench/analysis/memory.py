@@ -71,6 +71,11 @@ KNOWN_SHAPES = {
 }
 
 
+def trained_layers(arm) -> int | None:
+    """How many decoder layers an arm trains; None for the full arm."""
+    return None if arm.kind == "full" else len(arm.layers)
+
+
 def trainable_parameters(shape: ModelShape, trained_layers: int | None) -> int:
     """All parameters for the full arm (``None``), else the trained layers'."""
     return shape.parameters() if trained_layers is None else trained_layers * shape.layer_parameters()
@@ -155,7 +160,7 @@ def arm_plan(study, arm, gpu_memory_gb: float | None) -> TrainingPlan:
     batch = batch_geometry(rl)
     on_gpu = study.gpus > 0
     return TrainingPlan(
-        trained_layers=None if arm.kind == "full" else len(arm.layers), policy_dtype=rl.policy_dtype,
+        trained_layers=trained_layers(arm), policy_dtype=rl.policy_dtype,
         ref_dtype=rl.ref_dtype, beta=rl.beta, bf16=bool(rl.bf16) if rl.bf16 is not None else on_gpu,
         micro_batch=batch.micro, generation_batch=batch.per_rollout // processes,
         prompt=study.limits.max_prompt_tokens, completion=study.limits.max_completion_tokens,
@@ -204,8 +209,7 @@ def study_totals(study, model_dir=None) -> dict:
         else:
             tokens = None  # rl.epochs over a whole Hub split: its size is known after download
         if shape is not None:
-            disk += checkpoint_gb(shape, None if arm.kind == "full" else len(arm.layers),
-                                  rl.checkpoint_dtype) * len(study.seeds)
+            disk += checkpoint_gb(shape, trained_layers(arm), rl.checkpoint_dtype) * len(study.seeds)
     budgets = study.limits.eval_budgets
     per_problem = sum(budgets) if study.eval.derive_budgets is False else max(budgets)
     eval_tokens = per_problem * sum(s.repeats for s in study.eval.suites) * len(study.arms) * len(study.seeds)
