@@ -147,18 +147,18 @@ def with_threads(raw: dict, threads: int) -> dict:
 
 
 def weight_hashes(results: Path) -> dict[str, str]:
-    """{model file: sha256} of the base model and every checkpoint of a study."""
-    from layerbench.runtime.io import sha256_file
+    """{model file: sha256} of the base model and every checkpoint of a study
+    (what ``layerbench weight-hashes`` publishes)."""
+    from layerbench.commands.weight_hashes import study_hashes
 
-    files = [*results.glob("base_model/*.safetensors"), *results.glob("runs/*/seed*/checkpoint/*.safetensors")]
-    return {str(f.relative_to(results)): sha256_file(f) for f in sorted(files)}
+    return study_hashes(results)
 
 
-ONE_ARM = "results/e2e/eval/layer-1/seed1"  # the corners run the base model and one arm only
+E2E_THREADS = 2  # every job's intra-op threads in the e2e study: a study setting, whatever --cores grants
 
 
 def e2e_raw() -> dict:
-    raw = small_study_raw("e2e", arms=["base", "full", "layer:all"])
+    raw = with_threads(small_study_raw("e2e", arms=["base", "full", "layer:all"]), E2E_THREADS)
     raw["tracking"]["experiment"] = "layerbench-e2e"
     return raw
 
@@ -166,21 +166,19 @@ def e2e_raw() -> dict:
 def two_process_raw() -> dict:
     """The e2e study's full arm and layer 1, each trained by two processes
     (resources.gpus_per_arm on a CPU study: the launcher GPU studies use);
-    each process takes half of every 16-completion update."""
-    raw = small_study_raw("two-processes", arms=["base", "full", "layer:1"],
-                          resources={"gpu": 0, "gpus_per_arm": 2})
+    each process takes half of every 16-completion update, on one thread."""
+    raw = with_threads(small_study_raw("two-processes", arms=["base", "full", "layer:1"],
+                                       resources={"gpu": 0, "gpus_per_arm": 2}), 1)
     raw["rl"]["micro_batch_completions"] = 8
     return raw
 
 
 TWO_PROCESS_CHECKS = "results/two-processes/checks.json"  # pairing and parameter audit of its runs
 
-E2E_RUNS = {  # name: (study, --cores and threads per job, environment, targets)
+E2E_RUNS = {  # name: (study, --cores, environment, targets)
     "wide": (e2e_raw, 2, {}, ()),
-    "narrow": (e2e_raw, 1, AVX2_MACHINE, ()),
-    "capped-2-threads": (e2e_raw, 2, AVX2_MACHINE, (ONE_ARM,)),
-    "native-1-thread": (e2e_raw, 1, {}, (ONE_ARM,)),
-    "two-processes": (two_process_raw, 1, {}, (TWO_PROCESS_CHECKS,)),  # a train job's 2 processes: 1 thread each
+    "narrow": (e2e_raw, 1, AVX2_MACHINE, ()),  # another machine: AVX2-only kernels, one core
+    "two-processes": (two_process_raw, 1, {}, (TWO_PROCESS_CHECKS,)),
 }
 
 
@@ -194,9 +192,9 @@ def pytest_collection_modifyitems(session, config, items):
         return
     base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
     started = {}
-    for name, (study, threads, env, targets) in E2E_RUNS.items():
-        work = study_workdir(base / name, with_threads(study(), threads))
-        started[name] = work, snakemake_in(work, *targets, "--cores", str(threads), env=env, wait=False)
+    for name, (study, cores, env, targets) in E2E_RUNS.items():
+        work = study_workdir(base / name, study())
+        started[name] = work, snakemake_in(work, *targets, "--cores", str(cores), env=env, wait=False)
     config.stash[_E2E] = {"base": base, "runs": started}
 
 
@@ -247,10 +245,9 @@ def rehearsals(request) -> dict:
 def study_runs(request):
     """One small study (every arm, one seed) run through Snakemake on settings
     that portable numerics must not depend on, all at once (nor on the load):
-    "wide": --cores 2, 2 threads per job, this CPU's own kernels; "narrow":
-    --cores 1, 1 thread per job, the AVX2_MACHINE caps; and for the base model
-    and one arm the other two corners, "capped-2-threads" and "native-1-thread";
-    and "two-processes" (conftest.two_process_raw). Shared by every DAG test."""
+    "wide": --cores 2, this CPU's own kernels; "narrow": --cores 1, the
+    AVX2_MACHINE caps; both at the study's E2E_THREADS per job; and
+    "two-processes" (conftest.two_process_raw). Shared by every DAG test."""
     started = request.config.stash[_E2E]
     for name, (work, proc) in started["runs"].items():
         out, _ = proc.communicate(timeout=1800)

@@ -35,3 +35,66 @@ def test_drift_is_caught_and_write_repairs_it(tmp_path):
     assert readme_table(tables, "--write", readme).returncode == 0
     assert readme_table(tables, "--check", readme).returncode == 0
     assert (tmp_path / "README.md").read_text() != (ROOT / "README.md").read_text()
+
+
+def weight_hashes(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerbench", "weight-hashes", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_published_hashes_cover_the_base_model_and_every_checkpoint_of_the_reference_study():
+    import yaml
+
+    from layerbench.commands.weight_hashes import read_hashes
+
+    study = yaml.safe_load((REFERENCE / "study.yaml").read_text())
+    names = read_hashes(REFERENCE / "weights.sha256")
+    layers = study["model"]["build"]["num_layers"]
+    arms = ["full", *(f"layer-{k}" for k in range(layers))]
+    assert "base_model/model.safetensors" in names
+    for arm in arms:
+        for seed in study["seeds"]:
+            assert any(n.startswith(f"runs/{arm}/seed{seed}/checkpoint/") for n in names), (arm, seed)
+    assert all(len(digest) == 64 for digest in names.values())
+
+
+def _study_tree(root):
+    """Weight files laid out as a study writes them (contents are arbitrary bytes)."""
+    files = {"base_model/model.safetensors": b"base", "runs/full/seed1/checkpoint/model.safetensors": b"full",
+             "runs/layer-0/seed1/checkpoint/delta.safetensors": b"l0",
+             "runs/layer-10/seed1/checkpoint/delta.safetensors": b"l10",
+             "runs/layer-2/seed2/checkpoint/delta.safetensors": b"l2s2",
+             "runs/layer-2/seed1/checkpoint/delta.safetensors": b"l2s1"}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_weight_hashes_name_the_first_file_that_differs_in_dag_order(tmp_path):
+    results = _study_tree(tmp_path / "run")
+    reference = tmp_path / "weights.sha256"
+    assert weight_hashes(results, "--write", reference).returncode == 0
+    lines = reference.read_text().splitlines()
+    assert [line.split()[1] for line in lines] == [  # base, full, then layers by index, seeds in order
+        "base_model/model.safetensors", "runs/full/seed1/checkpoint/model.safetensors",
+        "runs/layer-0/seed1/checkpoint/delta.safetensors", "runs/layer-2/seed1/checkpoint/delta.safetensors",
+        "runs/layer-2/seed2/checkpoint/delta.safetensors", "runs/layer-10/seed1/checkpoint/delta.safetensors"]
+    ok = weight_hashes(results, "--check", reference)
+    assert ok.returncode == 0 and "all 6 weight files match" in ok.stdout
+    same = subprocess.run(["sha256sum", "--check", "--strict", reference], cwd=results, capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr  # the standard tool reads the same file
+
+    (results / "runs/layer-2/seed2/checkpoint/delta.safetensors").write_bytes(b"other")
+    (results / "runs/layer-10/seed1/checkpoint/delta.safetensors").unlink()
+    diff = weight_hashes(results, "--check", reference)
+    assert diff.returncode == 1
+    first = diff.stderr.splitlines()[1]
+    assert first.strip().startswith("arm layer:2, seed 2 (runs/layer-2/seed2/checkpoint/delta.safetensors): sha256")
+    assert "arm layer:10, seed 1 (runs/layer-10/seed1/checkpoint/delta.safetensors): missing" in diff.stderr
+
+    (results / "base_model/model.safetensors").write_bytes(b"another base")
+    diff = weight_hashes(results, "--check", reference)
+    assert "3 weight file(s) differ" in diff.stderr
+    assert diff.stderr.splitlines()[1].strip().startswith("the base model (base_model/model.safetensors)")
+    assert weight_hashes(tmp_path / "empty", "--check", reference).returncode == 2

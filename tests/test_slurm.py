@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, e2e_raw, job_stats, snakemake_in, study_workdir, weight_hashes, with_threads
+from conftest import ROOT, e2e_raw, job_stats, snakemake_in, study_workdir, weight_hashes
 from slurm_cluster import GPU_NODE, SlurmCluster
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
@@ -94,7 +94,7 @@ def wait_for_running(cluster: SlurmCluster, rule: str, proc: subprocess.Popen, t
 
 
 def test_study_on_slurm_equals_local_run_through_faults(cluster, study_runs, tmp_path):
-    raw = with_threads(e2e_raw(), 2)  # the "wide" run's study, as it ran locally with --cores 2
+    raw = e2e_raw()  # the "wide" run's study, as it ran locally with --cores 2
     work = study_workdir(tmp_path / "study", raw)
     results = work / "results" / "e2e"
     planned = job_stats(snakemake_in(work, "-n", "--cores", "2").stdout)

@@ -71,7 +71,7 @@ def test_mlflow_store_holds_parent_and_child_runs(study_runs):
 
 def test_cores_threads_and_instruction_set_do_not_change_a_bit(study_runs):
     """numerics: portable. The "narrow" run stands in for another machine: an
-    AVX2-only CPU (kernels capped), one core, one thread per job."""
+    AVX2-only CPU (kernels capped) and one core, at the study's thread counts."""
     _, runs = study_runs
     wide, narrow = (runs[k] / "results" / "e2e" for k in ("wide", "narrow"))
     assert (wide / "scores.csv").read_bytes() == (narrow / "scores.csv").read_bytes()
@@ -80,7 +80,7 @@ def test_cores_threads_and_instruction_set_do_not_change_a_bit(study_runs):
     for name in ("contributions.csv", "decomposition.csv", "pairing.csv", "param_audit.csv"):
         assert (wide / name).read_bytes() == (narrow / name).read_bytes(), name
     threads = [json.loads((r / "provenance.json").read_text())["numerics"]["threads"] for r in (wide, narrow)]
-    assert [t["train"] for t in threads] == [[2], [1]]
+    assert threads[0] == threads[1] == {"model": 2, "train": [2], "evaluate": 2}
 
 
 def test_rerun_is_a_no_op_and_config_changes_rerun_only_what_they_touch(study_runs):
@@ -144,8 +144,10 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
     assert len(prov["git_commit"]) == 40 and len(prov["environment_lock_sha256"]) == 64
     numerics = prov["numerics"]
     assert numerics["mode"] == "portable" and numerics["cpu_capability"] == "AVX2"
-    assert numerics["mkl_cbwr"] == "AVX2,STRICT" and numerics["dnnl_max_cpu_isa"] == "AVX2"
+    assert numerics["mkl_cbwr"] == "COMPATIBLE" and numerics["dnnl_max_cpu_isa"] == "AVX2"
     assert numerics["threads"] == {"model": 2, "train": [2], "evaluate": 2}
+    ran = {"mkl_in_effect": {"branch": "COMPATIBLE", "strict": False, "dynamic": False, "threads": 2}, "mkldnn": False}
+    assert numerics["jobs"] == {"model": [ran], "train": [ran], "evaluate": [ran]}
     mlflow.set_tracking_uri(f"sqlite:///{runs['wide'] / 'mlflow.db'}")
     for run in mlflow.search_runs(experiment_names=["layerbench-e2e"], output_format="list"):
         tags = run.data.tags

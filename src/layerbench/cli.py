@@ -3,7 +3,8 @@
 User commands: ``contribution`` (C(k) from any scores table), ``audit``
 (truncation in any lm-eval samples file), ``check-limits`` (a study config's
 token limits, offline), ``compare`` (two studies side by side),
-``readme-table`` (the README's results block from a run).
+``readme-table`` (the README's results block from a run), ``weight-hashes``
+(every weight file's sha256, to compare machines).
 
 Stage commands: ``layerbench stage <name>``, one per DAG stage, named as its
 rule file (``workflow/rules/<name>.smk``) and its module
@@ -56,6 +57,13 @@ def cmd_readme_table(args) -> int:
 
     return readme_table_command(Path(args.results), Path(args.check) if args.check else None,
                                 Path(args.write) if args.write else None)
+
+
+def cmd_weight_hashes(args) -> int:
+    from layerbench.commands.weight_hashes import weight_hashes_command
+
+    return weight_hashes_command(Path(args.results), Path(args.check) if args.check else None,
+                                 Path(args.write) if args.write else None)
 
 
 # --- stage commands -------------------------------------------------------------
@@ -202,6 +210,15 @@ def _user_commands(sub) -> None:
     mode.add_argument("--write", metavar="README", help="replace README's results block")
     p.set_defaults(func=cmd_readme_table)
 
+    p = sub.add_parser("weight-hashes", help="sha256 of the base model and every checkpoint of a study "
+                                             "(print, --check against a reference, --write one)")
+    p.add_argument("results", help="results/<study>/ folder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", metavar="SHA256SUMS", help="exit 1 naming the first weight file that differs, "
+                                                             "e.g. docs/default-study/weights.sha256")
+    mode.add_argument("--write", metavar="SHA256SUMS", help="write the hashes in sha256sum's format")
+    p.set_defaults(func=cmd_weight_hashes)
+
 
 def _stage_commands(sub) -> None:
     def stage(name, func, help, *args):
@@ -275,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "study", None):  # stage commands: the study's CPU numerics, before torch loads
-        from layerbench.runtime.numerics import configure_for_study_file
+    from layerbench.runtime.numerics import NumericsError, configure_for_study_file
 
-        configure_for_study_file(args.study)
+    if getattr(args, "study", None):  # stage commands: the study's CPU numerics, before torch loads
+        try:
+            configure_for_study_file(args.study)
+        except NumericsError as exc:
+            print(f"layerbench: {exc}", file=sys.stderr)
+            return 3
 
     from layerbench.config import ConfigError
     from layerbench.stages.checks import IntegrityError
@@ -289,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"layerbench: config error: {exc}", file=sys.stderr)
         return 2
-    except (PreflightError, IntegrityError) as exc:
+    except (PreflightError, IntegrityError, NumericsError) as exc:
         print(f"layerbench: {exc}", file=sys.stderr)
         return 3
 

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from layerbench.config import Arm, Study
+from layerbench.runtime.numerics import identity as numerics_identity
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,13 @@ class RuleSettings:
     # --- change detection ------------------------------------------------------
     def fingerprint(self, *sections: str) -> str:
         raw = self.study.raw
-        return _digest({s: raw.get(s) for s in sections})
+        return _digest({s: numerics_identity(self.study.numerics) if s == "numerics" else raw.get(s) for s in sections})
 
     def arm_fingerprint(self, slug: str) -> str:
         """What one arm's training reads."""
         study, raw = self.study, self.study.raw
         fp = {"rl": study.rl_for(Arm.parse(slug)).identity(), "cap": study.limits.max_completion_tokens,
-              "model": raw["model"], "data": raw["data"], "numerics": study.numerics,
+              "model": raw["model"], "data": raw["data"], "numerics": numerics_identity(study.numerics),
               "max_model_len": study.limits.max_prompt_tokens}  # vLLM's: prompt cap + completion cap
         return _digest(fp)
 

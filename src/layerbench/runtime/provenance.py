@@ -18,7 +18,9 @@ from pathlib import Path
 from layerbench.config import PACKAGE_ROOT
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import sha256_file
+from layerbench.runtime.numerics import cpu_model
 
+JOB_NUMERICS = ("mkl_in_effect", "mkldnn")  # what each compute job records of its own math libraries
 PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
 
 
@@ -37,16 +39,6 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def hardware() -> dict:
     import torch
 
@@ -60,7 +52,7 @@ def hardware() -> dict:
             driver = None
     return {
         "os": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpu_model": torch.cuda.get_device_name(0) if gpu else None,
         "gpu_count": torch.cuda.device_count() if gpu else 0,
@@ -77,16 +69,34 @@ def container() -> dict:
 
 
 def numerics(paths: StudyPaths) -> dict:
-    """The study's numerics mode, what the math libraries use under it on this
-    CPU, and every stage's intra-op thread count (study settings, in place of
-    this process's own)."""
+    """The study's numerics mode and settings on this CPU, every stage's
+    intra-op thread count (study settings), and what the compute jobs
+    reported running in (``jobs``: per stage, the distinct MKL branches and
+    thread counts MKL printed, and whether oneDNN was on), read from the base
+    model's build record, the runs' ``summary.json`` and the evaluations'
+    ``scores.json``; not this collecting process's own."""
+    from layerbench.paths import ModelFolder
     from layerbench.runtime.numerics import describe
 
     study = paths.study
     threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
+    records = {"train": [paths.run(a, s).summary for a in study.trained_arms for s in study.seeds],
+               "evaluate": [paths.eval(a, s).scores for a in study.arms for s in study.seeds]}
     if study.model.source == "build":
         threads["model"] = study.model_spec.threads
-    return describe() | {"threads": threads}
+        records["model"] = [ModelFolder(paths.base_model).build_summary]
+    jobs = {stage: _distinct({k: (json.loads(f.read_text()).get("numerics") or {}).get(k) for k in JOB_NUMERICS}
+                             for f in files if f.exists()) for stage, files in records.items()}
+    here = {k: v for k, v in describe().items() if k not in (*JOB_NUMERICS, "threads")}
+    return here | {"threads": threads, "jobs": jobs}
+
+
+def _distinct(items) -> list:
+    """The distinct values of ``items`` (JSON-comparable), in first-seen order."""
+    seen = {}
+    for item in items:
+        seen.setdefault(json.dumps(item, sort_keys=True), item)
+    return list(seen.values())
 
 
 def provenance(paths: StudyPaths) -> dict:

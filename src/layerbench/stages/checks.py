@@ -32,6 +32,7 @@ from layerbench.config import Arm
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
+from layerbench.runtime.numerics import start_job
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
 AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac_changed", "rel_frobenius",
@@ -39,6 +40,7 @@ AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac
 # Effective rank from a truncated SVD (top LOWRANK_Q singular values) above this smaller side.
 LOWRANK_ABOVE = 1024
 LOWRANK_Q = 256
+AUDIT_THREADS = 1  # the audit is small; one thread keeps its numbers the same on every machine
 # Wall-clock figures differ between runs by nature; everything else must not.
 TIMING_COLUMNS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
 
@@ -197,7 +199,10 @@ def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
 def run_audits(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing: Path, audit: Path,
                checks: Path) -> None:
     """Audit every run's checkpoint against the base model and write the
-    results (``write_audits``); raise on any violation."""
+    results (``write_audits``); raise on any violation. The audit's
+    arithmetic (norms, singular values) runs on AUDIT_THREADS, a fixed part
+    of the study like every stage's thread count."""
+    start_job(AUDIT_THREADS)
     audit_rows = []
     for (arm, seed), run in sorted(runs.items()):
         audit_rows += [{"arm": arm, "seed": seed, **r} for r in audit_parameters(base_model, run.checkpoint)]

@@ -24,7 +24,7 @@ import torch
 from layerbench.config import TinyModelSpec
 from layerbench.paths import ModelFolder
 from layerbench.runtime.io import atomic_directory, atomic_write_json, read_jsonl
-from layerbench.runtime.numerics import describe
+from layerbench.runtime.numerics import start_job
 from layerbench.runtime.seeding import seed_everything
 
 EOS = "<|endoftext|>"
@@ -109,7 +109,7 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
     """Train tokenizer and model on the SFT demonstrations; write ``out_dir``
     atomically and return a summary (also saved as ``build_summary.json``)."""
     seed_everything(spec.seed)
-    torch.set_num_threads(spec.threads)
+    numerics = start_job(spec.threads)
     records = read_jsonl(sft_path)
     tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in records], spec.vocab_size)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
@@ -158,7 +158,7 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
         "longest_sequence": longest,
         "final_loss": sum(losses[-20:]) / min(20, len(losses)),
         "sft_seconds": round(time.perf_counter() - started, 1),
-        "numerics": describe(),
+        "numerics": numerics,
     }
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -299,13 +299,13 @@ def train_arm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
-    from layerbench.runtime.numerics import describe
+    from layerbench.runtime.numerics import start_job
     from layerbench.stages.train_cost import CostMeter, peak_rss_mb, stop_backward_at_arm
 
     rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     rss_before_model = peak_rss_mb()
     seed_everything(seed)
-    torch.set_num_threads(rl.threads)
+    numerics = start_job(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, rl.policy_dtype))
     trainable = freeze_for_arm(model, arm)
@@ -365,7 +365,7 @@ def train_arm(
             "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
-            "numerics": describe(),
+            "numerics": numerics,
             "cost": {**meter.summary(trainer, seconds, trainable), "input_grads_blocked": input_grads_blocked},
             "checkpoint": checkpoint,
         }

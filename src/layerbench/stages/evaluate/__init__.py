@@ -64,9 +64,10 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
     ``seed`` is the arm's seed; sampling uses ``eval.seed`` when set (the same
     for every checkpoint, as in the authors' scripts), else ``seed``."""
     import lm_eval
-    import torch
 
-    torch.set_num_threads(ev.threads)
+    from layerbench.runtime.numerics import start_job
+
+    numerics = start_job(ev.threads)
     derive = ev.derive if derive_budgets is None else derive_budgets
     sampling_seed = seed if ev.seed is None else ev.seed
     lm = make_lm(model_dir, ev, sampling_seed, context_length, gpus)
@@ -137,7 +138,8 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
             atomic_write_jsonl(folder.samples(task_name), [_jsonable(s) for s in samples])
             atomic_write_jsonl(folder.generations(task_name), gen_records[task_name])
         atomic_write_csv(folder.per_sample, rows, PER_SAMPLE_COLUMNS)
-        record = {"budgets": list(budgets), "derived_budgets": derive, "seed": seed, "tasks": scores}
+        record = {"budgets": list(budgets), "derived_budgets": derive, "seed": seed, "tasks": scores,
+                  "numerics": numerics}
         if sampling_seed != seed or ev.backend != "hf":
             record.update(sampling_seed=sampling_seed, backend=ev.backend)
         atomic_write_json(folder.scores, record)
