@@ -163,17 +163,23 @@ def start_job(threads: int) -> dict:
 
 
 def cpu_model() -> str | None:
-    """The CPU's vendor and model as /proc/cpuinfo names it."""
+    """The CPU as /proc/cpuinfo names it, with its vendor, family and model
+    numbers (a virtual machine may show only "AMD EPYC")."""
     import platform
     from pathlib import Path
 
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
     except OSError:
-        pass
-    return platform.processor() or None
+        return platform.processor() or None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "model name" not in fields:
+        return platform.processor() or None
+    numbers = ", ".join(f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
+                        if key in fields)
+    vendor = fields.get("vendor_id")
+    return f"{fields['model name']} ({', '.join(x for x in (vendor, numbers) if x)})"
 
 
 def describe() -> dict:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from layerbench.config import PACKAGE_ROOT
-from layerbench.paths import StudyPaths
+from layerbench.paths import ModelFolder, StudyPaths
 from layerbench.runtime.io import sha256_file
-from layerbench.runtime.numerics import cpu_model
+from layerbench.runtime.numerics import cpu_model, describe
 
 JOB_NUMERICS = ("mkl_in_effect", "mkldnn")  # what each compute job records of its own math libraries
 PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
@@ -75,9 +75,6 @@ def numerics(paths: StudyPaths) -> dict:
     thread counts MKL printed, and whether oneDNN was on), read from the base
     model's build record, the runs' ``summary.json`` and the evaluations'
     ``scores.json``; not this collecting process's own."""
-    from layerbench.paths import ModelFolder
-    from layerbench.runtime.numerics import describe
-
     study = paths.study
     threads = {"train": sorted({study.rl_for(a).threads for a in study.trained_arms}), "evaluate": study.eval.threads}
     records = {"train": [paths.run(a, s).summary for a in study.trained_arms for s in study.seeds],
