@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "study", None):  # stage commands: the study's CPU numerics, before torch loads
         try:
             configure_for_study_file(args.study)
+        except ValueError as exc:  # an unknown mode, before the loader could say so
+            print(f"layerbench: config error: {exc}", file=sys.stderr)
+            return 2
         except NumericsError as exc:
             print(f"layerbench: {exc}", file=sys.stderr)
             return 3
