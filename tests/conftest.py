@@ -182,20 +182,45 @@ E2E_RUNS = {  # name: (study, --cores, environment, targets)
 }
 
 
+# The fast tier, ``pytest -m "not slow"``: every test but these, marked slow here by the fixtures they wait for
+# (and, in their own modules, the container build, the Slurm cluster and the memory calibration).
+SLOW_FIXTURES = {
+    "study_runs": "waits for the small study's background Snakemake runs",
+    "rehearsals": "waits for the paper-study rehearsals on the offline Hub mirror",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: outside the fast tier (pytest -m 'not slow'); see conftest.SLOW_FIXTURES")
+    config.pluginmanager.register(BackgroundRuns(), "layerbench-background-runs")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Start the DAG runs behind ``study_runs`` as soon as a collected test
-    needs them: they compute while the tests before them run (the container
-    build waits on the network and the disk most of the time)."""
-    if any("rehearsals" in getattr(item, "fixturenames", ()) for item in items):
-        _start_rehearsals(config)
-    if not any("study_runs" in getattr(item, "fixturenames", ()) for item in items):
-        return
-    base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
-    started = {}
-    for name, (study, cores, env, targets) in E2E_RUNS.items():
-        work = study_workdir(base / name, study())
-        started[name] = work, snakemake_in(work, *targets, "--cores", str(cores), env=env, wait=False)
-    config.stash[_E2E] = {"base": base, "runs": started}
+    """Mark the tests that wait for a background run slow, before ``-m`` deselects."""
+    for item in items:
+        if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+class BackgroundRuns:
+    """Starts the DAG runs behind ``study_runs`` and ``rehearsals`` once ``-m``
+    has deselected (trylast), and only when a selected test needs them: they
+    compute while the tests before them run (the container build waits on the
+    network and the disk most of the time)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session, config, items):
+        if any("rehearsals" in getattr(item, "fixturenames", ()) for item in items):
+            _start_rehearsals(config)
+        if not any("study_runs" in getattr(item, "fixturenames", ()) for item in items):
+            return
+        base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
+        started = {}
+        for name, (study, cores, env, targets) in E2E_RUNS.items():
+            work = study_workdir(base / name, study())
+            started[name] = work, snakemake_in(work, *targets, "--cores", str(cores), env=env, wait=False)
+        config.stash[_E2E] = {"base": base, "runs": started}
 
 
 # Paper studies rehearsed on CPU (tests/test_rehearsal.py): paper config, then

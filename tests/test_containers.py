@@ -317,6 +317,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow  # builds the image with a real docker engine (minutes)
 def test_image_builds_and_matches_lock(docker_engine, tmp_path, monkeypatch):
     """The CPU image on a local bookworm base (the CUDA base cannot be pulled
     here), built by build_image exactly as the DAG rule builds it."""

@@ -135,6 +135,7 @@ train_arm(Path(base), Path(train), Arm.parse(arm), 1, RLConfig.defaults(**json.l
 """
 
 
+@pytest.mark.slow  # trains a 57M-parameter model for two GRPO steps per arm kind
 def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(tmp_path):
     """Both arm kinds of a 57M-parameter model, trained by stage train itself
     (two GRPO steps: the second runs with AdamW states in memory; completions at the cap, gradient checkpointing), each in its

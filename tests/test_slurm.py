@@ -200,6 +200,7 @@ def shell(cluster: SlurmCluster, command: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow  # starts a one-node Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, slurmd)
 @pytest.mark.parametrize("eval_gpus,train_gpus", [(1, 1), (2, 4)])
 def test_gpu_jobs_ask_slurm_for_the_studys_gpus(cluster, tmp_path, eval_gpus, train_gpus):
     """A paper study with ``resources.gpu`` (evaluate) and
