@@ -144,7 +144,7 @@ def synthetic_summary(arm, seed: int, num_layers: int) -> dict:
 
     import torch
 
-    from layerbench.stages.train_cost import CostMeter
+    from layerbench.stages.train.cost import CostMeter
 
     trained = list(range(num_layers)) if arm.kind == "full" else list(arm.layers)
     params = [torch.nn.Parameter(torch.zeros(1000)) for _ in trained + ([-1] if arm.kind == "full" else [])]

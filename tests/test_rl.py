@@ -117,7 +117,7 @@ def test_gradient_checkpointing_does_not_pull_frozen_layers_into_backward(traine
     """With gradient checkpointing transformers makes the embeddings' output
     require grad, so backward would run through every frozen layer below the
     trained one; train_arm blocks that and gets the same weights."""
-    import layerbench.stages.train_cost as train_cost
+    import layerbench.stages.train.cost as train_cost
 
     study, arm = small_base["study"], Arm("layer", (1,))
     rl = dataclasses.replace(study.rl_for(arm), gradient_checkpointing=True)

@@ -92,18 +92,31 @@ def task_manager(suites: tuple[Suite, ...]):
 
 
 def task_specs(suites: tuple[Suite, ...]) -> list:
-    """lm-eval task specs: a registered name, or for a local task with
-    per-study data or repeats, its YAML config with those overrides merged
-    (lm-eval builds a dict spec as a new task, it does not merge)."""
+    """lm-eval task specs: a registered name, or for a local task its YAML
+    config with the study's data files and ``repeats`` merged (lm-eval builds
+    a dict spec as a new task, it does not merge). The suite's ``repeats`` is
+    always the one in effect, 1 included: a YAML's own (AMC's 32) never
+    survives an explicit 1. A registered task keeps its own, which the
+    preflight checks against the suite (:func:`repeats_problem`)."""
     specs = []
     for suite in suites:
-        if suite.include_path and (suite.data_files or suite.repeats != 1):
+        if suite.include_path:
             cfg = local_task_config(suite)
             if suite.data_files:
                 cfg["dataset_kwargs"] = {"data_files": {"test": str(Path(suite.data_files).resolve())}}
-            if suite.repeats != 1:
-                cfg["repeats"] = suite.repeats
+            cfg["repeats"] = suite.repeats
             specs.append(cfg)
         else:
             specs.append(suite.task)
     return specs
+
+
+def repeats_problem(index: int, suite: Suite, task) -> str | None:
+    """Why a built task would generate a different number of samples per
+    problem than ``eval.suites[index].repeats`` says, or None."""
+    repeats = int(task.config.repeats or 1)
+    if repeats == suite.repeats:
+        return None
+    return (f"key 'eval.suites.{index}.repeats': {suite.repeats}, but lm-eval's task {task.config.task} "
+            f"generates {repeats} per problem (a registered task keeps its own repeats; give it through a "
+            f"local task under include_path to change it)")

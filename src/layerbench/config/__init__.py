@@ -204,9 +204,6 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
     )
     if not any(a.kind == "base" for a in study.arms) or not any(a.kind == "full" for a in study.arms):
         raise ConfigError(f"{source}: key 'arms' must include 'base' and 'full' (C(k) is relative to both)")
-    if study.eval.backend == "vllm" or any(study.rl_for(a).use_vllm for a in study.trained_arms):
-        if study.gpus < 1:
-            raise ConfigError(f"{source}: key 'resources.gpu': vLLM (eval.backend or rl.use_vllm) needs a GPU per job")
     problems = cross_field_problems(study)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))

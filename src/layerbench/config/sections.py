@@ -202,6 +202,10 @@ class RLConfig(Section):
     gradient_checkpointing: bool
     vllm_gpu_memory_utilization: float
     vllm_tensor_parallel_size: int
+    vllm_cpu_kvcache_gb: int
+    vllm_is_correction: bool
+    vllm_is_mode: str
+    vllm_is_clip: float
     ref_dtype: str | None
     policy_dtype: str
     checkpoint_dtype: str
@@ -219,7 +223,7 @@ class RLConfig(Section):
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
     "gradient_checkpointing", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "ref_dtype", "policy_dtype",
-    "checkpoint_dtype",
+    "checkpoint_dtype", "vllm_cpu_kvcache_gb", "vllm_is_correction", "vllm_is_mode", "vllm_is_clip",
 })
 
 
@@ -269,6 +273,7 @@ class EvalConfig(Section):
     dtype: str
     gpu_memory_utilization: float
     max_model_len: int | None  # None: model.context_length
+    vllm_cpu_kvcache_gb: int
     num_fewshot: int | None  # None: each task's own few-shot setting
 
     @property

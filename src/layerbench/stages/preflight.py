@@ -178,19 +178,23 @@ def check_budgets(study: Study, report: Report) -> None:
                    budgets=list(budgets), cap=cap)
 
 
-def eval_contexts(study: Study, suites=None) -> dict[str, tuple[list[str], dict]]:
-    """{task: (contexts, generation_kwargs)} exactly as lm-eval will build them
-    (groups such as minerva_math give one entry per subtask)."""
-    from layerbench.lmeval import suite_tasks, task_manager
+def eval_contexts(study: Study, suites=None) -> dict[str, tuple[list[str], dict, str | None]]:
+    """{task: (contexts, generation_kwargs, repeats problem or None)} exactly
+    as lm-eval will build them (groups such as minerva_math give one entry per
+    subtask). ``contexts`` has one entry per generation: a problem appears
+    once per repeat, so the token count below is what the run generates."""
+    from layerbench.lmeval import repeats_problem, suite_tasks, task_manager
 
     suites = study.eval.suites if suites is None else tuple(suites)
     out = {}
-    for _, tasks in suite_tasks(suites, task_manager(suites)):
+    for suite, tasks in suite_tasks(suites, task_manager(suites)):
+        index = study.eval.suites.index(suite)
         for name, task in tasks.items():
             if study.eval.num_fewshot is not None:  # as simple_evaluate(num_fewshot=...) does
                 task.set_config(key="num_fewshot", value=study.eval.num_fewshot)
             task.build_all_requests(limit=study.eval.limit, rank=0, world_size=1)
-            out[name] = ([inst.args[0] for inst in task.instances], dict(task.config.generation_kwargs or {}))
+            contexts = [inst.args[0] for inst in task.instances for _ in range(int(task.config.repeats or 1))]
+            out[name] = (contexts, dict(task.config.generation_kwargs or {}), repeats_problem(index, suite, task))
     return out
 
 
@@ -262,7 +266,9 @@ def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: 
     budget = study.limits.max_budget
     if study.eval.backend == "vllm" and study.eval.max_model_len:
         context = min(context, study.eval.max_model_len)  # the eval engine's own limit
-    for task, (texts, gen_kwargs) in contexts.items():
+    for task, (texts, gen_kwargs, repeats_problem) in contexts.items():
+        if repeats_problem:
+            report.add("repeats", task, "error", repeats_problem)
         if "max_gen_toks" not in gen_kwargs:
             report.add("explicit max_gen_toks", task, "warn",
                        f"the task sets no max_gen_toks: a plain lm-eval run would stop at "
@@ -275,6 +281,9 @@ def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: 
         lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
         longest = max(lengths)
         over = sum(n + budget > context for n in lengths)
+        report.add("eval generations", task, "ok",
+                   f"{len(texts)} generations per checkpoint, at most {len(texts) * budget:,} tokens at the "
+                   f"largest budget", generations=len(texts), tokens=len(texts) * budget)
         report.add("eval context", task, "error" if over else "ok",
                    f"{over} of {len(texts)} contexts + the largest budget {budget} exceed the model context "
                    f"{context} (longest context {longest} tokens); lm-eval would silently left-truncate them"

