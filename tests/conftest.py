@@ -224,8 +224,12 @@ class BackgroundRuns:
 
 
 # Paper studies rehearsed on CPU (tests/test_rehearsal.py): paper config, then
-# config/paper/rehearsal/common.yaml, then the study's own rehearsal file.
+# config/paper/rehearsal/common.yaml, then the study's own rehearsal file. REHEARSED
+# run with every arm (the first also re-runs its repro target); BASE_ONLY, every other
+# paper config, with arms base and full.
 REHEARSED = ("qwen3-1.7b-grpo-scripts", "qwen2.5-math-1.5b-drgrpo")
+BASE_ONLY = ("qwen3-1.7b-grpo-scripts-greedy", "qwen3-1.7b-grpo-paper", "qwen3-4b-grpo-paper",
+             "qwen3-4b-grpo-scripts", "qwen3-8b-grpo-paper", "qwen3-8b-grpo-scripts")
 
 
 def rehearsal_configfiles(study: str) -> list[str]:
@@ -241,11 +245,13 @@ def _start_rehearsals(config) -> None:
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **OFFLINE, "HF_HOME": str(home)}
     lines = ["set -u", f"{sys.executable} {ROOT / 'tests' / 'hub_mirror.py'} {home} > {base}/mirror.log 2>&1 || exit 1"]
     runs = {}
-    for study in REHEARSED:
+    for study in REHEARSED + BASE_ONLY:
         work = study_workdir(base / study)
         runs[study] = work
-        command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-                   "--cores", "2", "--configfile", *rehearsal_configfiles(study)]
+        targets = ["all", "checks_repro"] if study == REHEARSED[0] else ["all"]
+        arms = [] if study in REHEARSED else ["--config", "arms=[base,full]"]
+        command = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "--directory",
+                   str(work), "--cores", "2", *arms, "--configfile", *rehearsal_configfiles(study)]
         lines.append(f"(cd {work} && {' '.join(command)} > snakemake.log 2>&1; echo $? > snakemake.rc)")
     proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

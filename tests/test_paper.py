@@ -331,19 +331,21 @@ def test_vllm_needs_the_prompt_cap_for_its_max_model_len(tmp_path):
 
 def test_vllm_engine_seed_patch_matches_trl_and_adds_the_run_seed(monkeypatch):
     """TRL seeds its colocated engine from the process index; layerbench adds
-    the run's seed. Fails if TRL stops passing seed= to LLM(...)."""
+    the run's seed. Fails if TRL stops passing seed= to LLM(...) or stops
+    syncing through the method layerbench replaces."""
     import inspect
 
     import trl.generation.vllm_generation as vg
 
-    from layerbench.stages.train import vllm_engine_seed
+    from layerbench.stages.train.engine import EngineMeter, seeded_engine
 
     source = inspect.getsource(vg.VLLMGeneration)
     assert "self.llm = LLM(" in source
     assert "seed=accelerator.process_index // self.tensor_parallel_size" in source
+    assert "def sync_weights(self)" in source and "def _iter_named_params(self)" in source
     calls = []
     monkeypatch.setattr(vg, "LLM", lambda **kw: calls.append(kw), raising=False)
-    with vllm_engine_seed(42):
+    with seeded_engine(42, 1, EngineMeter()):
         vg.LLM(model="m", seed=0)
         vg.LLM(model="m", seed=3)  # a second data-parallel rank keeps its offset
     vg.LLM(model="m", seed=0)  # restored afterwards
@@ -363,7 +365,7 @@ def test_lm_eval_vllm_model_args():
     assert vllm_model_args(Path("m"), dr.eval, 42, 4096)["max_model_len"] == 4096
     assert vllm_model_args(Path("m"), dr.eval, 42, 4096, gpus=4)["tensor_parallel_size"] == 4  # the job's GPUs
     greedy = _study("qwen3-1.7b-grpo-scripts-greedy.yaml")
-    assert decoding_kwargs(greedy.eval) == {"temperature": 0.0}
+    assert decoding_kwargs(greedy.eval) == {"do_sample": False, "temperature": 0.0}  # beats a task's do_sample
 
 
 def test_vllm_finish_reasons_map_to_one_truncation_definition():

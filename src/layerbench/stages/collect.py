@@ -52,10 +52,12 @@ TIMING_COLUMNS = ["job", "seconds", "max_rss_mb", "cpu_time"]
 COST_PHASES = ("generation", "scoring", "forward_backward", "optimizer", "other")
 COST_FIELDS = ("device", "optimizer_steps", "rollouts", "peak_rss_mb", "peak_gpu_mb", "optimizer_state_bytes",
                "gradient_bytes", "input_grads_blocked")
+VLLM_FIELDS = ("start_seconds", "syncs", "sync_tensors", "sync_bytes", "sync_seconds_mean")  # summary.json's vllm
 COST_COLUMNS = ["arm", "seed", "train_seconds", *(f"{p}_seconds" for p in COST_PHASES), "loss_forward_seconds",
                 "backward_seconds", *COST_FIELDS,
                 "trainable_parameters", "total_parameters", "backward_layers", "checkpoint_format", "checkpoint_dtype",
-                "checkpoint_bytes", "job_seconds", "job_max_rss_mb"]
+                "checkpoint_bytes", "job_seconds", "job_max_rss_mb", *(f"vllm_{k}" for k in VLLM_FIELDS),
+                "vllm_logp_gap_mean", "vllm_logp_gap_max", "vllm_is_ratio_min", "vllm_is_ratio_max"]
 SAMPLES_PER_ARM = 6
 
 
@@ -170,8 +172,23 @@ def cost_rows(paths: StudyPaths, jobs: list[dict]) -> list[dict]:
                          "total_parameters": summary.get("total_parameters"),
                          "backward_layers": None if layers is None else " ".join(map(str, layers)),
                          **{f"checkpoint_{k}": checkpoint.get(k) for k in ("format", "dtype", "bytes")},
-                         "job_seconds": job.get("seconds"), "job_max_rss_mb": job.get("max_rss_mb")})
+                         "job_seconds": job.get("seconds"), "job_max_rss_mb": job.get("max_rss_mb"),
+                         **{f"vllm_{k}": (summary.get("vllm") or {}).get(k) for k in VLLM_FIELDS},
+                         **engine_gap(read_csv(paths.run(arm, seed).metrics))})
     return rows
+
+
+def engine_gap(metrics: list[dict]) -> dict:
+    """Over a run's steps: mean and largest trainer/engine log-prob gap, and
+    the extremes of the importance-sampling ratio (blank without vLLM)."""
+    def values(col):
+        return [float(r[col]) for r in metrics if r.get(col) not in (None, "")]
+
+    gap_mean, gap_max = values("vllm/logp_gap/mean"), values("vllm/logp_gap/max")
+    low, high = values("vllm/is_ratio/min"), values("vllm/is_ratio/max")
+    return {"vllm_logp_gap_mean": sum(gap_mean) / len(gap_mean) if gap_mean else None,
+            "vllm_logp_gap_max": max(gap_max, default=None), "vllm_is_ratio_min": min(low, default=None),
+            "vllm_is_ratio_max": max(high, default=None)}
 
 
 def _round(value):

@@ -234,12 +234,16 @@ def make_lm(model_dir: Path, ev: EvalConfig, seed: int, context_length: int | No
     """The recording lm-eval model of ``eval.backend``. vLLM's engine runs in
     this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the job's thread
     count and numerics apply to it and nothing is spawned; on CPU its KV
-    cache is ``eval.vllm_cpu_kvcache_gb``."""
+    cache is ``eval.vllm_cpu_kvcache_gb`` and it runs eager (see
+    ``cpu_engine_settings``)."""
     if ev.backend == "vllm":
         import os
 
-        os.environ.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE=str(ev.vllm_cpu_kvcache_gb))
-        lm = _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length, gpus))
+        from layerbench.runtime.engine import cpu_engine_settings
+
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        lm = _recording_vllm_class()(**vllm_model_args(model_dir, ev, seed, context_length, gpus),
+                                     **cpu_engine_settings(ev.vllm_cpu_kvcache_gb))
         lm.sampling_seed = int(seed)
         return lm
     import torch

@@ -58,8 +58,21 @@ def arm_costs(rows: list[dict]) -> list[dict]:
                     "trainable": avg("trainable_parameters"), "backward_layers": layers,
                     "checkpoint": f"{checkpoint_format} {rs[0].get('checkpoint_dtype')}" if checkpoint_format else None,
                     "checkpoint_mb": None if checkpoint_bytes is None else checkpoint_bytes / 2**20,
-                    "device": rs[0].get("device") or "unknown device"})
+                    "device": rs[0].get("device") or "unknown device",
+                    "vllm": None if avg("vllm_syncs") is None else {
+                        "start": avg("vllm_start_seconds"), "sync_mb": avg("vllm_sync_bytes") / 2**20,
+                        "sync_tensors": avg("vllm_sync_tensors"), "sync_seconds": avg("vllm_sync_seconds_mean"),
+                        "gap_mean": avg("vllm_logp_gap_mean"), "gap_max": max_of(rs, "vllm_logp_gap_max"),
+                        "ratio_min": min_of(rs, "vllm_is_ratio_min"), "ratio_max": max_of(rs, "vllm_is_ratio_max")}})
     return out
+
+
+def max_of(rows: list[dict], col: str) -> float | None:
+    return max((v for r in rows if (v := number(r.get(col))) is not None), default=None)
+
+
+def min_of(rows: list[dict], col: str) -> float | None:
+    return min((v for r in rows if (v := number(r.get(col))) is not None), default=None)
 
 
 def est_forward_backward(arm: str, num_layers: int) -> float | None:

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
+
+from layerbench.runtime.engine import cpu_engine_settings
 
 # What a partial sync makes vLLM's reload say about every tensor it was not sent.
 _PARTIAL_SYNC_WARNINGS = ("Failed to load weights", "Following weights were not loaded")
@@ -127,7 +128,7 @@ def seeded_engine(seed: int, cpu_kvcache_gb: int, meter: EngineMeter):
 
     def seeded_llm(*args, **kwargs):
         kwargs["seed"] = int(seed) + int(kwargs.get("seed") or 0)
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cpu_kvcache_gb))  # read by vLLM's CPU platform only
+        kwargs.update(cpu_engine_settings(cpu_kvcache_gb))
         started = time.perf_counter()
         llm = original(*args, **kwargs)
         meter.start_seconds.append(time.perf_counter() - started)
