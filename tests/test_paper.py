@@ -133,7 +133,7 @@ def test_optimizer_steps_follow_epochs_and_batch_geometry():
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda r: r.pop("resources"), "resources.gpu"),
+    (lambda r: r["eval"].update(vllm_cpu_kvcache_gb=0.5), "vllm_cpu_kvcache_gb"),
     (lambda r: r["rl"].update(mini_batch_prompts=100), "mini_batch_prompts"),
     (lambda r: r["rl"].update(micro_batch_completions=7), "micro_batch_completions"),
     (lambda r: r["data"]["hub"].update(answer_extract="last"), "answer_extract"),

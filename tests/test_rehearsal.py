@@ -54,7 +54,7 @@ def test_rehearsal_changes_size_only(study):
     updates = rl["prompts_per_step"] // rl.get("mini_batch_prompts", rl["prompts_per_step"])
     assert updates == paper_rl["prompts_per_step"] // paper_rl.get("mini_batch_prompts", paper_rl["prompts_per_step"])
     for key in ("suites", "num_fewshot", "temperature", "top_p", "top_k", "seed", "derive_budgets", "dtype"):
-        assert merged["eval"][key] == paper["eval"][key], key
+        assert merged["eval"].get(key) == paper["eval"].get(key), key
     assert merged["data"]["hub"] | {"sample": None, "test_size": None} == \
         paper["data"]["hub"] | {"sample": None, "test_size": None}
     assert len(merged["limits"]["eval_budgets"]) == len(paper["limits"]["eval_budgets"]) == 2
