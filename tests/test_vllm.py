@@ -94,3 +94,87 @@ def test_vllm_sampling_really_samples(vllm_eval):
     records = [json.loads(line) for line in (tmp / "real" / "generations_layerbench_arith.jsonl").open()
                if json.loads(line)["run_budget"] == 96]
     assert len({tuple(r["token_ids"]) for r in records}) > 1
+
+
+TRAIN = """
+import sys
+import layerbench.stages.train.engine as engine
+from layerbench.cli import main
+if __name__ == "__main__":
+    if sys.argv[1] == "stale":  # negative control: the engine keeps the base model's weights
+        engine.sync_through_reload = lambda generation, trained, meter: None
+    sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def vllm_runs(small_base, tmp_path_factory):
+    """The small study's full arm and layer 1, trained with TRL's colocated
+    vLLM engine at a learning rate that moves the weights every step; and the
+    full arm again with weight syncs switched off (the negative control)."""
+    import yaml
+
+    from conftest import small_study_raw
+
+    raw = small_study_raw("small-vllm", numerics="native")  # vLLM's CPU kernels are machine-specific
+    raw["rl"].update(use_vllm=True, learning_rate=1e-3, steps=4)
+    raw["rl"]["per_arm"] = {}
+    tmp = tmp_path_factory.mktemp("vllm-train")
+    study = tmp / "study.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    runs = {"full": ("synced", "full"), "layer-1": ("synced", "layer:1"), "stale": ("stale", "full")}
+    procs = []
+    for name, (mode, arm) in runs.items():
+        command = [sys.executable, "-c", TRAIN, mode, "stage", "train", "--study", str(study), "--arm", arm,
+                   "--seed", "1", "--base", str(small_base["model"]), "--train", str(small_base["data"] / "train.jsonl"),
+                   "--out", str(tmp / name)]
+        procs.append((name, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             text=True)))
+        if len(procs) == 2:  # two at a time on two cores
+            _wait(procs.pop(0))
+    for proc in procs:
+        _wait(proc)
+    return {name: (json.loads((tmp / name / "summary.json").read_text()), read_csv(tmp / name / "metrics.csv"))
+            for name in runs}
+
+
+def _wait(named) -> None:
+    name, proc = named
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, f"{name}: {out[-4000:]}"
+
+
+def _gaps(metrics: list[dict]) -> list[float]:
+    return [float(r["vllm/logp_gap/max"]) for r in metrics if r.get("vllm/logp_gap/max")]
+
+
+def test_synced_engine_holds_the_trainers_weights(vllm_runs):
+    """After each sync the engine scores the sampled tokens as the trainer
+    does, up to the rounding already there at step 0, before any update (vLLM
+    runs a float32 checkpoint in bfloat16 on CPU); with syncs off the same
+    run drifts far apart once the weights move. This tells synced from stale
+    weights, which the rehearsal's tiny learning rates cannot."""
+    synced, stale = _gaps(vllm_runs["full"][1]), _gaps(vllm_runs["stale"][1])
+    assert len(synced) == len(stale) == 4
+    rounding = synced[0]
+    assert stale[0] == pytest.approx(rounding, rel=0.1)  # same weights at step 0
+    assert max(synced) < 4 * rounding, synced
+    assert max(stale) > 20 * rounding, (stale, synced)
+    assert vllm_runs["stale"][0]["vllm"]["syncs"] == 0
+
+
+def test_layer_arm_syncs_only_its_layer(vllm_runs):
+    """layer:1 sends its own tensors only (bytes = its trainable parameters
+    in float32), the full arm every parameter; both keep the engine exact."""
+    full, layer = vllm_runs["full"][0], vllm_runs["layer-1"][0]
+    assert full["vllm"]["sync_bytes"] == 4 * full["trainable_parameters"]
+    assert layer["vllm"]["sync_bytes"] == 4 * layer["trainable_parameters"] < full["vllm"]["sync_bytes"] / 2
+    assert layer["vllm"]["syncs"] == full["vllm"]["syncs"] == 4
+    gaps = _gaps(vllm_runs["layer-1"][1])
+    assert max(gaps) < 4 * gaps[0], gaps
+
+
+def test_vllm_rollouts_pair_across_arms(vllm_runs):
+    """The step-0 rollouts of the full arm and layer 1 (one seed) hash equal
+    under vLLM sampling: same weights, prompts and engine seed."""
+    assert vllm_runs["full"][0]["step0_rollout_sha256"] == vllm_runs["layer-1"][0]["step0_rollout_sha256"]

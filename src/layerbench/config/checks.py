@@ -55,6 +55,12 @@ def cross_field_problems(study: Study) -> list[str]:
                        f"operations gives {task.distinct_questions} distinct problems; n_train + n_test "
                        f"({task.n_train + task.n_test}) may be at most half of them (raise max_operand or max_ops, "
                        f"or lower n_train/n_test)")
+    engines = [k for k, on in (("rl.use_vllm", any(study.rl_for(a).use_vllm for a in study.trained_arms)),
+                               ("eval.backend", study.eval.backend == "vllm")) if on]
+    if engines and study.numerics == "portable":
+        out.append(f"key 'numerics': portable, but {' and '.join(engines)} run vLLM, whose CPU kernels are chosen "
+                   f"by the CPU's own instruction set (and crash under portable's AVX2 caps on AMX machines): set "
+                   f"numerics: native; vLLM's bits are machine-specific, and the repro target reports their spread")
     names = {a.name for a in study.arms}
     for key in study.per_arm:
         if key not in ("full", "layer", "layers") and Arm.parse(key).name not in names:

@@ -17,6 +17,10 @@ upstream as it is:
 - the same function sends only the arm's trained tensors: TRL sends every
   parameter at every sync, but a layer arm's frozen tensors still equal what
   the engine loaded from the base model.
+- :func:`seeded_engine` also gives a single-process run its own rendezvous
+  port: TRL's ``ensure_master_addr_port`` tries 29500 first, so two train
+  jobs starting at once on one machine both take it and the second engine
+  fails with ``EADDRINUSE``.
 
 It also measures what the report shows about the engine: bytes and seconds per
 sync, engine start-up seconds, and per step the gap between the trainer's and
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -134,11 +139,22 @@ def seeded_engine(seed: int, cpu_kvcache_gb: int, meter: EngineMeter):
         meter.start_seconds.append(time.perf_counter() - started)
         return llm
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_PORT"):
+        os.environ["MASTER_PORT"] = str(free_port())
     vllm_generation.LLM = seeded_llm
     try:
         yield
     finally:
         vllm_generation.LLM = original
+
+
+def free_port() -> int:
+    """A TCP port the OS has just handed out, for the engine's rendezvous."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def attach(trainer, model, meter: EngineMeter) -> None:
