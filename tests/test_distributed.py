@@ -12,8 +12,8 @@ import json
 from conftest import TWO_PROCESS_CHECKS, two_process_raw
 
 from layerbench.config import study_from_dict
+from layerbench.config.batches import batch_geometry
 from layerbench.runtime.io import read_csv
-from layerbench.stages.train import batch_geometry
 
 
 def test_two_processes_train_arms_that_pass_pairing_and_the_audit(study_runs):

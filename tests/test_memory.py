@@ -1,4 +1,4 @@
-"""The memory and disk estimator (layerbench.analysis.memory): exact
+"""The memory and disk estimator (layerbench.config.memory): exact
 parameter counts against transformers' own Qwen2/Qwen3 models, the paper
 models' sizes, the refusal of a plan that cannot fit, and the estimate
 against the peak memory measured on CPU."""
@@ -15,7 +15,8 @@ import pytest
 import yaml
 from conftest import OFFLINE, ROOT
 
-from layerbench.analysis.memory import (
+from layerbench.config import load_study
+from layerbench.config.memory import (
     KNOWN_SHAPES,
     ModelShape,
     TrainingPlan,
@@ -23,7 +24,6 @@ from layerbench.analysis.memory import (
     checkpoint_gb,
     study_memory,
 )
-from layerbench.config import load_study
 
 
 @pytest.mark.parametrize("model_type,tied", [("qwen2", False), ("qwen2", True), ("qwen3", False), ("qwen3", True)])
@@ -140,7 +140,7 @@ def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(tmp_path):
     """Both arm kinds of a 57M-parameter model, trained by stage train itself
     (two GRPO steps: the second runs with AdamW states in memory; completions at the cap, gradient checkpointing), each in its
     own process; measured: peak RSS above the RSS before the model loaded."""
-    from layerbench.analysis.memory import MARGIN
+    from layerbench.config.memory import MARGIN
     from layerbench.runtime.io import atomic_write_jsonl
 
     shape = calibration_base(tmp_path / "base")

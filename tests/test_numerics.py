@@ -23,7 +23,12 @@ import pytest
 import yaml
 from conftest import AVX2_MACHINE, E2E_THREADS, small_study_raw
 
-from layerbench.runtime.numerics import PORTABLE_ENV, NumericsError, check_mkl, parse_mkl_verbose
+from layerbench.runtime.numerics import (
+    PORTABLE_ENV,
+    NumericsError,
+    check_mkl,
+    parse_mkl_verbose,
+)
 
 # MKL's verbose line for one SGEMM: on an Intel Xeon under MKL_CBWR=AVX2,STRICT
 # (from the issue that reported the vendor gap) and on this project's AMD EPYC

@@ -26,8 +26,9 @@ import yaml
 from conftest import OFFLINE, ROOT, job_stats, snakemake_in, study_workdir
 
 from layerbench.config import Arm, ConfigError, RLConfig, load_study, study_from_dict
+from layerbench.config.batches import batch_geometry, optimizer_steps
 from layerbench.paths import StudyPaths
-from layerbench.stages.train import batch_geometry, optimizer_steps, trl_loss
+from layerbench.stages.train import trl_loss
 
 PAPER = sorted((ROOT / "config" / "paper").glob("*.yaml"))
 QWEN3 = [p for p in PAPER if p.name.startswith("qwen3-")]

@@ -5,7 +5,7 @@ to test-artifacts/report.png.
 
 The studies are built with layerbench's own functions (``collect``,
 ``summarise``, ``run_audits`` on tiny safetensors checkpoints, the preflight
-``Report``) on synthetic eval outputs: no model runs, and nothing under
+``LimitChecks``) on synthetic eval outputs: no model runs, and nothing under
 results/ is read.
 """
 
@@ -172,9 +172,10 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     collect does not write (preflight, checks, repro) and the decomposition."""
     from layerbench.config import study_from_dict
     from layerbench.paths import ModelFolder, StudyPaths
+    from layerbench.rules import write_study_file
     from layerbench.stages.checks import run_audits
     from layerbench.stages.evaluate import summarise
-    from layerbench.stages.preflight import Report
+    from layerbench.stages.preflight import LimitChecks
 
     raw = small_study_raw(name)
     raw["seeds"] = list(seeds)
@@ -183,7 +184,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                              else {"task": task}]  # another task: one of lm-eval's own
     paths = StudyPaths(study_from_dict(raw), root)
     study = paths.study
-    study.write(paths.study_file)
+    write_study_file(study, paths.study_file)
     tok = _tokenizer(ModelFolder(paths.base_model).tokenizer)
     top = max(budgets)
     for arm in study.arms:
@@ -235,7 +236,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
         paths.decomposition.unlink()
         return paths
 
-    report = Report()
+    report = LimitChecks()
     report.add("eval context", task, "ok", f"all {n} contexts + budget {top} fit the context 256", budget=top)
     report.add("eval budgets vs training cap", "limits.eval_budgets", "warn", "no budget above the cap",
                budgets=list(budgets), cap=study.limits.max_completion_tokens)
@@ -427,7 +428,7 @@ def test_truncated_answers_are_marked_where_the_budget_ran_out(studies):
 
 
 def test_compare_two_studies(studies, tmp_path, capsys, monkeypatch):
-    from layerbench.stages.report.compare import compare_command
+    from layerbench.commands.compare import compare_command
 
     alpha, beta, gamma = (studies[k].results for k in ("alpha", "beta", "gamma"))
     out = tmp_path / "compare" / "index.html"

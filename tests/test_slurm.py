@@ -40,7 +40,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, e2e_raw, job_stats, snakemake_in, study_workdir, weight_hashes
+from conftest import (
+    ROOT,
+    e2e_raw,
+    job_stats,
+    snakemake_in,
+    study_workdir,
+    weight_hashes,
+)
 from slurm_cluster import GPU_NODE, SlurmCluster
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"

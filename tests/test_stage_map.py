@@ -1,9 +1,11 @@
 """README's stage map is the workflow: every rule file, rule, command and module it names exists, and it names them all."""
 
 import importlib
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -51,3 +53,50 @@ def test_help_lists_the_user_commands_before_the_stage_group():
     out = subprocess.run([sys.executable, "-m", "layerbench", "--help"], capture_output=True, text=True).stdout
     commands = re.findall(r"^    ([a-z-]+)", out, re.M)
     assert commands == ["contribution", "audit", "check-limits", "compare", "readme-table", "weight-hashes", "stage"]
+
+
+def _lint_imports(*args: str) -> subprocess.CompletedProcess:
+    """import-linter's command on this checkout (contracts in pyproject.toml)."""
+    return subprocess.run([str(Path(sys.executable).parent / "lint-imports"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def test_imports_follow_the_layer_order():
+    """No module imports a layer above its own, and no stage imports another
+    (pyproject.toml's import-linter contracts)."""
+    out = _lint_imports()
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "2 kept, 0 broken" in out.stdout
+
+
+def test_the_layer_contract_catches_an_upward_import(tmp_path):
+    """The same linter on the same code, with two layers swapped: it must
+    report the imports that now point up (so the contract above can fail)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    swapped = text.replace('  "layerbench.stages",\n  "layerbench.analysis",\n',
+                           '  "layerbench.analysis",\n  "layerbench.stages",\n')
+    assert swapped != text
+    config = tmp_path / "pyproject.toml"
+    config.write_text(swapped)
+    out = _lint_imports(str(config))
+    assert out.returncode != 0 and "BROKEN" in out.stdout
+    assert "layerbench.stages is not allowed to import layerbench.analysis" in out.stdout
+
+
+def test_a_missing_flag_is_a_usage_error():
+    """The flags a stage command needs only in some cases are checked like the
+    required ones: exit 2 and a message naming them, no traceback."""
+    for args, flag in ((["data", "--train", "t", "--test", "t"], "--sft"),
+                       (["preflight", "eval", "--model", "m", "--out", "o"], "--train-checks")):
+        out = subprocess.run([sys.executable, "-m", "layerbench", "stage", *args, "--study",
+                              str(ROOT / "config" / "default.yaml")], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and flag in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_stages_holds_only_mapped_stages():
+    """Every module or package under layerbench/stages is a stage of the map."""
+    found = {p.stem for p in (ROOT / "src" / "layerbench" / "stages").iterdir()
+             if p.name != "__init__.py" and not p.name.startswith("__") and (p.suffix == ".py" or p.is_dir())}
+    mapped = {row["module"].removeprefix("layerbench.stages.") for row in _stage_map().values()
+              if row["module"].startswith("layerbench.stages.")}
+    assert found == mapped

@@ -113,7 +113,6 @@ def vllm_runs(small_base, tmp_path_factory):
     vLLM engine at a learning rate that moves the weights every step; and the
     full arm again with weight syncs switched off (the negative control)."""
     import yaml
-
     from conftest import small_study_raw
 
     raw = small_study_raw("small-vllm", numerics="native")  # vLLM's CPU kernels are machine-specific

@@ -41,13 +41,13 @@ def cmd_audit(args) -> int:
 
 
 def cmd_check_limits(args) -> int:
-    from layerbench.stages.preflight import check_limits
+    from layerbench.commands.check_limits import check_limits
 
     return check_limits(Path(args.config), Path(args.out) if args.out else None)
 
 
 def cmd_compare(args) -> int:
-    from layerbench.stages.report.compare import compare_command
+    from layerbench.commands.compare import compare_command
 
     return compare_command(Path(args.study_a), Path(args.study_b), Path(args.o) if args.o else None, args.force)
 
@@ -82,10 +82,20 @@ def stage_download(args) -> None:
         print(download.cache_eval_tasks(study.eval.suites, Path(args.out)))
 
 
+def _require(args, command: str, when: str, *flags: str) -> None:
+    """A usage error (exit 2) naming the flags a stage command needs in this case."""
+    missing = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) is None]
+    if missing:
+        print(f"usage error: layerbench stage {command}: {' and '.join(missing)} required {when}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def stage_data(args) -> None:
     from layerbench.stages.data import write_hub_splits, write_splits
 
     study = _paths(args).study
+    _require(args, "data", f"for data.source: {study.data_source}",
+             "--sample" if study.data_source == "hub" else "--sft")
     if study.data_source == "hub":
         write_hub_splits(study.data.hub, Path(args.sample), Path(args.train), Path(args.test))
     else:
@@ -103,8 +113,10 @@ def stage_preflight(args) -> None:
 
     study = _paths(args).study
     if args.part == "train":
+        _require(args, "preflight train", "for part train", "--train", "--kept")
         train_preflight(study, Path(args.model), Path(args.train), Path(args.out), Path(args.kept))
     else:
+        _require(args, "preflight eval", "for part eval", "--train-checks")
         eval_preflight(study, Path(args.model), Path(args.train_checks), Path(args.out))
 
 
@@ -117,21 +129,14 @@ def stage_train(args) -> None:
     arm = Arm.parse(args.arm)
     print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
                     study.limits.max_completion_tokens, RunFolder(Path(args.out)),
-                    max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier))
+                    max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
+                    processes=study.train_processes))
 
 
 def stage_evaluate(args) -> None:
-    from layerbench.paths import EvalFolder, RunFolder
-    from layerbench.runtime.checkpoints import materialized
-    from layerbench.stages.evaluate import evaluate_model
+    from layerbench.stages.evaluate import evaluate_arm
 
-    study = _paths(args).study
-    model, out = Path(args.model), EvalFolder(Path(args.out))
-    if RunFolder(model).checkpoint.is_dir():  # a trained arm: its run folder
-        model = RunFolder(model).checkpoint
-    with materialized(model, Path(args.base), scratch_parent=out.path.parent) as model_dir:
-        print(evaluate_model(model_dir, study.eval, study.limits.eval_budgets, args.seed, out,
-                             context_length=study.model.context_length, gpus=study.gpus))
+    print(evaluate_arm(_paths(args).study, Path(args.model), Path(args.base), args.seed, Path(args.out)))
 
 
 def stage_checks(args) -> None:
@@ -164,12 +169,6 @@ def stage_report(args) -> None:
     from layerbench.stages.report import render_study_report
 
     render_study_report(_paths(args), Path(args.out))
-
-
-def stage_timing(args) -> None:
-    from layerbench.runtime.timing import record
-
-    record(Path(args.wall_time), args.event)
 
 
 COLLECT_OUTPUTS = ("scores", "contributions", "training", "decomposition", "ranking", "provenance", "timings",
@@ -274,10 +273,6 @@ def _stage_commands(sub) -> None:
           *((f"--{name}", {"required": True}) for name in COLLECT_OUTPUTS))
     stage("track", stage_track, "log the study to MLflow", out)
     stage("report", stage_report, "render the HTML report", out)
-    p = sub.add_parser("timing", help="record a study's wall time (Snakemake's onstart/onsuccess)")
-    p.add_argument("event", choices=["start", "finish"])
-    p.add_argument("wall_time", help="results/<study>/wall_time.json")
-    p.set_defaults(func=stage_timing)
 
 
 def build_parser() -> argparse.ArgumentParser:

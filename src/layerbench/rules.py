@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from layerbench.config import Arm, Study
+from layerbench.runtime.io import atomic_write_text
 from layerbench.runtime.numerics import identity as numerics_identity
 
 
@@ -85,3 +86,13 @@ class RuleSettings:
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_study_file(study: Study, path) -> None:
+    """Write ``study.yaml`` (what every stage command reads), only when it
+    changes, so Snakemake sees no new file on an unchanged study."""
+    import yaml
+
+    text = yaml.safe_dump(study.raw, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)

@@ -5,8 +5,8 @@ to ``verdicts.json``; the report shows them and decides nothing itself.
 A C with a 95% interval is ``beats`` (interval above 1), ``short`` (below 1),
 ``unclear`` (it reaches both the base, 0, and full RL, 1) or ``matches``.
 
-Also the terms the verdicts are stated in, shared by collect, the checks and
-the report: an arm's label and place in every table, a table cell as a number.
+Also how a table cell becomes a number, shared by collect, the checks and
+the report (an arm's label and place in every table are ``Arm``'s).
 """
 
 from __future__ import annotations
@@ -14,22 +14,6 @@ from __future__ import annotations
 import math
 
 from layerbench.config import Arm
-
-
-def arm_label(name: str) -> str:
-    """How sentences and the report name an arm: ``layer 3``, ``layers 1+2``, ``full RL``."""
-    arm = Arm.parse(name)
-    if arm.kind == "layer":
-        return f"layer {arm.layers[0]}"
-    if arm.kind == "layers":
-        return "layers " + "+".join(map(str, arm.layers))
-    return {"base": "base", "full": "full RL"}[arm.kind]
-
-
-def arm_sort_key(name: str):
-    """Base, full RL, single layers by index, then layer sets: every table's order."""
-    arm = Arm.parse(name)
-    return ({"base": 0, "full": 1, "layer": 2, "layers": 3}[arm.kind], arm.layers or ())
 
 
 def number(value) -> float | None:
@@ -90,7 +74,7 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
     def part(b, first):
         ci = "no CI" if b["lo"] is None else f"{'95% CI ' if first else ''}{b['lo']:.2f} to {b['hi']:.2f}"
         spans = ", spanning both base and full RL" if b["verdict"] == "unclear" else ""
-        return f"{arm_label(b['arm'])} at {where(b)} (C = {b['C']:.2f}, {ci}{spans})"
+        return f"{Arm.label_of(b['arm'])} at {where(b)} (C = {b['C']:.2f}, {ci}{spans})"
 
     defined = [b for b in per_budget if b["arm"]]
     undefined = "; ".join(f"at {where(b)} C is undefined because {b['reason']}" for b in per_budget if not b["arm"])
@@ -160,7 +144,7 @@ def unstable_cells(scores: list[dict]) -> list[dict]:
     different outcomes, so it is flagged instead of ranked."""
     outcomes = seed_outcomes(scores)
     out = []
-    for (arm, budget), by_seed in sorted(outcomes.items(), key=lambda kv: (kv[0][1], arm_sort_key(kv[0][0]))):
+    for (arm, budget), by_seed in sorted(outcomes.items(), key=lambda kv: (kv[0][1], Arm.sort_key_of(kv[0][0]))):
         if not arm.startswith("layer") or len(by_seed) < 2:
             continue
         seeds = []
@@ -188,9 +172,9 @@ def budget_dependence(per_budget: list[dict], ranking: list[dict], contributions
         by_arm.setdefault(b["arm"], []).append(b["budget"])
     if len(by_arm) > 1:
         text = "The best layer changes with the budget: " + join(
-            [f"{arm_label(arm)} at {_budgets(bs, cap)}" for arm, bs in by_arm.items()]) + "."
+            [f"{Arm.label_of(arm)} at {_budgets(bs, cap)}" for arm, bs in by_arm.items()]) + "."
     else:
-        text = f"The best layer is {arm_label(best[0]['arm'])} at every budget."
+        text = f"The best layer is {Arm.label_of(best[0]['arm'])} at every budget."
     pairs = [r for r in ranking if number(r["spearman"]) is not None]
     if not pairs:
         return text
@@ -199,8 +183,8 @@ def budget_dependence(per_budget: list[dict], ranking: list[dict], contributions
     if rho >= 1:
         return text + " The ranking of the layers is the same at every budget (Spearman 1)."
     rank_a, rank_b = _ranks(contributions, a), _ranks(contributions, b)
-    moved = [f"{arm_label(arm)} {'rises' if rank_b[arm] < rank_a[arm] else 'drops'} from {_ordinal(rank_a[arm])} to "
-             f"{_ordinal(rank_b[arm])}" for arm in sorted(rank_a, key=arm_sort_key)
+    moved = [f"{Arm.label_of(arm)} {'rises' if rank_b[arm] < rank_a[arm] else 'drops'} from {_ordinal(rank_a[arm])} to "
+             f"{_ordinal(rank_b[arm])}" for arm in sorted(rank_a, key=Arm.sort_key_of)
              if arm in rank_b and rank_a[arm] != rank_b[arm]]
     return (text + f" The ranking of the layers changes: Spearman {rho:.2f} between {a} and {b} tokens"
             + (f" (of {len(rank_a)} layers, {join(moved)})" if moved else "") + ".")
@@ -235,7 +219,7 @@ def gain_sources(decomposition: list[dict], arms: list[str], cap: int) -> str | 
         finished, right, lost = (float(r[k]) for k in ("now_right_was_truncated", "now_right_was_wrong_finished",
                                                        "lost"))
         share = finished / (finished + right) if finished + right else None
-        parts.append(f"{arm_label(arm)}'s gain of {float(r['gain']):+.3f} is {finished:g} problems per seed that no "
+        parts.append(f"{Arm.label_of(arm)}'s gain of {float(r['gain']):+.3f} is {finished:g} problems per seed that no "
                      f"longer run out of budget and {right:g} that now finish with the right answer, minus "
                      f"{lost:g} lost" + (f" ({100 * share:.0f}% from finishing inside the cap)" if share is not None
                                          else ""))
@@ -251,7 +235,7 @@ def unstable_sentence(unstable: list[dict], cap: int) -> str | None:
         seeds = join([f"seed {s['seed']} {'-' if s['S'] is None else format(s['S'], '.2f')} accuracy with "
                       f"{'-' if s['truncated'] is None else format(100 * s['truncated'], '.0f')}% cut off"
                       + ("" if s["C"] is None else f" (C {s['C']:.2f})") for s in u["seeds"]])
-        parts.append(f"{arm_label(u['arm'])} at {_budgets([u['budget']], cap)}: {seeds}")
+        parts.append(f"{Arm.label_of(u['arm'])} at {_budgets([u['budget']], cap)}: {seeds}")
     return ("Unstable, not ranked (its seeds disagree in kind, so their mean C describes neither): "
             + "; ".join(parts) + ".")
 

@@ -17,7 +17,7 @@ from statistics import fmean
 
 import yaml
 
-from layerbench.analysis.verdicts import arm_sort_key
+from layerbench.config import Arm
 from layerbench.paths import StudyFolder
 from layerbench.runtime.io import read_csv
 
@@ -40,7 +40,7 @@ def results_block(results: Path) -> str:
             cells[r["arm"], int(r["budget"]), "truncated"].append(float(r["truncated_rate"]))
     seeds = sorted({r["seed"] for r in scores})
     lines = [f"| arm | accuracy @{cap} (cap) | truncated @{cap} | accuracy @{top} |", "|---|---|---|---|"]
-    for arm in sorted({r["arm"] for r in scores}, key=arm_sort_key):
+    for arm in sorted({r["arm"] for r in scores}, key=Arm.sort_key_of):
         lines.append(f"| {arm} | {fmean(cells[arm, cap, 'accuracy']):.3f} | "
                      f"{100 * fmean(cells[arm, cap, 'truncated']):.0f}% | {fmean(cells[arm, top, 'accuracy']):.3f} |")
     full = next(r for r in read_csv(files.decomposition) if r["arm"] == "full" and int(r["budget"]) == cap)

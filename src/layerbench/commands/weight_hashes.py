@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerbench.analysis.verdicts import arm_sort_key
 from layerbench.config import Arm
 from layerbench.runtime.io import atomic_write_text, sha256_file
 
@@ -27,7 +26,7 @@ def dag_order(name: str) -> tuple:
     parts = Path(name).parts
     if parts[0] == "base_model":
         return (0, (), 0, name)
-    return (1, arm_sort_key(parts[1]), int(parts[2].removeprefix("seed")), name)
+    return (1, Arm.sort_key_of(parts[1]), int(parts[2].removeprefix("seed")), name)
 
 
 def describe_file(name: str) -> str:

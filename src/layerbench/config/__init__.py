@@ -5,7 +5,7 @@ Snakefile) are the only ways a study is read; both go through
 ``study_from_dict``: validate against the schema (errors name the key and
 the allowed values), fill the schema's defaults, build the typed sections
 (``layerbench.config.sections``), then check what a schema cannot
-(``layerbench.config.checks``). Nothing here imports torch or a stage.
+(``layerbench.config.cross_fields``). Nothing here imports torch or a stage.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from layerbench.config.cross_fields import cross_field_problems
 from layerbench.config.schema import (
     PACKAGE_ROOT,
     SCHEMA_PATH,
@@ -87,7 +88,7 @@ class Study:
 
     @property
     def num_layers(self) -> int:
-        return self.model.build.num_layers if self.model.source == "build" else self.model.num_layers
+        return self.model.decoder_layer_count
 
     @property
     def model_spec(self) -> TinyModelSpec:
@@ -132,15 +133,6 @@ class Study:
         out["rl_by_arm"] = {a.name: asdict(self.rl_for(a)) for a in self.trained_arms}
         return out
 
-    def write(self, path: Path) -> None:
-        """Write ``study.yaml`` (what every stage command reads), only when it
-        changes, so Snakemake sees no new file on an unchanged study."""
-        from layerbench.runtime.io import atomic_write_text
-
-        text = yaml.safe_dump(self.raw, sort_keys=True)
-        if not path.exists() or path.read_text() != text:
-            atomic_write_text(path, text)
-
 
 def _expand_arms(items: list, num_layers: int) -> tuple[Arm, ...]:
     arms: list[Arm] = []
@@ -175,8 +167,6 @@ def _required_for_source(raw: dict, source: str) -> None:
 def study_from_dict(raw: dict, source: str = "config") -> Study:
     """The one loader: validate against the schema, fill its defaults, resolve.
     Nothing is merged over another study: what a config omits is the schema's default."""
-    from layerbench.config.checks import cross_field_problems
-
     validate_raw(raw, source)
     raw = with_defaults(raw)
     _required_for_source(raw, source)
@@ -190,7 +180,7 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         name=raw["study"],
         model=model,
         data=DataConfig.from_dict(raw["data"]),
-        arms=_expand_arms(raw["arms"], model.build.num_layers if model.source == "build" else model.num_layers),
+        arms=_expand_arms(raw["arms"], model.decoder_layer_count),
         seeds=tuple(raw["seeds"]),
         rl=RLConfig.from_dict(rl),
         per_arm=per_arm,

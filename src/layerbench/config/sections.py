@@ -10,6 +10,7 @@ None where the key is absent and absence has a meaning the description says.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 
@@ -28,6 +29,9 @@ class Section:
         from layerbench.config.schema import defaults_at
 
         return cls.from_dict({**defaults_at(cls.KEY), **values})
+
+
+DECODER_LAYERS = "model.layers"  # where a Qwen-style causal LM keeps its decoder layers (module path)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,36 @@ class Arm:
         if self.kind in ("base", "full"):
             return self.kind
         return f"{self.kind}-{'-'.join(map(str, self.layers))}"
+
+    @property
+    def label(self) -> str:
+        """How sentences and the report name an arm: ``layer 3``, ``layers 1+2``, ``full RL``."""
+        if self.kind == "layer":
+            return f"layer {self.layers[0]}"
+        if self.kind == "layers":
+            return "layers " + "+".join(map(str, self.layers))
+        return {"base": "base", "full": "full RL"}[self.kind]
+
+    @property
+    def sort_key(self) -> tuple:
+        """Base, full RL, single layers by index, then layer sets: every table's order."""
+        return ({"base": 0, "full": 1, "layer": 2, "layers": 3}[self.kind], self.layers or ())
+
+    @staticmethod
+    def label_of(name: str) -> str:
+        """:attr:`label` of an arm given by name (a table cell)."""
+        return Arm.parse(name).label
+
+    @staticmethod
+    def sort_key_of(name: str) -> tuple:
+        """:attr:`sort_key` of an arm given by name (a table cell)."""
+        return Arm.parse(name).sort_key
+
+    @property
+    def tensor_prefixes(self) -> tuple[str, ...]:
+        """State-dict name prefixes of the decoder layers this arm trains
+        (empty for base and full, which have no layer list)."""
+        return tuple(f"{DECODER_LAYERS}.{k}." for k in self.layers or ())
 
     @property
     def trains(self) -> bool:
@@ -116,6 +150,29 @@ class ModelConfig(Section):
     def from_dict(cls, values: dict):
         build = values.get("build")
         return super().from_dict({**values, "build": TinyModelSpec.from_dict(build) if build is not None else None})
+
+    @property
+    def decoder_layer_count(self) -> int | None:
+        """The model's decoder layers: the built model's, else the declared ``model.num_layers``."""
+        return self.build.num_layers if self.source == "build" else self.num_layers
+
+    def context(self, model_dir: Path | None = None) -> tuple[int | None, str]:
+        """The model's context length and where it came from. The model's own
+        ``config.json`` when it is at hand (what transformers and vLLM load;
+        the download stage refuses a declared value that differs); else the
+        declared ``model.context_length``; else a built model's
+        ``max_positions``. None when none of them is known."""
+        import json
+
+        config = None if model_dir is None else Path(model_dir) / "config.json"
+        if config is not None and config.exists():
+            value = json.loads(config.read_text())["max_position_embeddings"]
+            return int(value), f"{model_dir}/config.json max_position_embeddings"
+        if self.context_length is not None:
+            return int(self.context_length), "model.context_length (declared; the model is not at hand)"
+        if self.source == "build":
+            return self.build.max_positions, "model.build.max_positions (the model is built by the DAG)"
+        return None, "unknown: the model is not at hand and key 'model.context_length' is not set"
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,7 @@ def save_checkpoint(trainer, tokenizer, arm, base_dir: Path, checkpoint_dir: Pat
     else:
         from safetensors.torch import save_file
 
-        trained = tuple(f"model.layers.{k}." for k in arm.layers)
-        delta = {n: t.to(cast).contiguous() for n, t in state.items() if n.startswith(trained)}
+        delta = {n: t.to(cast).contiguous() for n, t in state.items() if n.startswith(arm.tensor_prefixes)}
         folder.path.mkdir(parents=True, exist_ok=True)
         save_file(delta, folder.delta, metadata={"format": "pt"})
         atomic_write_json(folder.delta_record, {

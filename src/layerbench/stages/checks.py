@@ -27,8 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from layerbench.analysis.update import update_summary
-from layerbench.analysis.verdicts import arm_sort_key, number
+from layerbench.analysis.verdicts import number
 from layerbench.config import Arm
+from layerbench.config.sections import DECODER_LAYERS
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
@@ -92,8 +93,8 @@ def model_parts(state: dict) -> dict[str, list[str]]:
     """Group parameter names into embed / layers.K / final_norm / lm_head."""
     parts: dict[str, list[str]] = defaultdict(list)
     for name in state:
-        if name.startswith("model.layers."):
-            parts["layers." + name.split(".")[2]].append(name)
+        if name.startswith(DECODER_LAYERS + "."):
+            parts["layers." + name.removeprefix(DECODER_LAYERS + ".").split(".")[0]].append(name)
         elif name.startswith("model.embed_tokens."):
             parts["embed"].append(name)
         elif name.startswith("model.norm."):
@@ -249,10 +250,10 @@ def pairing_summary(rows: list[dict]) -> dict:
         majority = max(groups, key=lambda h: len(groups[h]))
         seeds.append({"seed": seed, "arms": sum(map(len, groups.values())), "distinct": len(groups),
                       "sha": majority[:16], "odd": sorted((a for h, arms in groups.items() if h != majority
-                                                           for a in arms), key=arm_sort_key)})
+                                                           for a in arms), key=Arm.sort_key_of)})
     problems = pairing_problems(rows)
     return {"seeds": seeds, "problems": problems, "ok": not problems,
-            "rows": sorted(rows, key=lambda r: (int(r["seed"]), arm_sort_key(r["arm"])))}
+            "rows": sorted(rows, key=lambda r: (int(r["seed"]), Arm.sort_key_of(r["arm"])))}
 
 
 def audit_summary(rows: list[dict]) -> dict:
@@ -266,10 +267,10 @@ def audit_summary(rows: list[dict]) -> dict:
         cells[(r["arm"], r["part"])].append(r)
         by_run[(r["arm"], int(r["seed"]))].append(r)
     problems = []
-    for (arm, seed), run_rows in sorted(by_run.items(), key=lambda kv: (arm_sort_key(kv[0][0]), kv[0][1])):
+    for (arm, seed), run_rows in sorted(by_run.items(), key=lambda kv: (Arm.sort_key_of(kv[0][0]), kv[0][1])):
         problems += audit_problems(Arm.parse(arm), seed, run_rows)
     table = []
-    for arm in sorted({r["arm"] for r in rows}, key=arm_sort_key):
+    for arm in sorted({r["arm"] for r in rows}, key=Arm.sort_key_of):
         a = Arm.parse(arm)
         row = []
         for part in parts:

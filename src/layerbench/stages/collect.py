@@ -34,8 +34,8 @@ from layerbench.analysis.truncation import (
     decomposition_rows,
     ranking_rows,
 )
-from layerbench.analysis.verdicts import arm_sort_key, best_arms, study_verdicts
-from layerbench.config import Study
+from layerbench.analysis.verdicts import best_arms, study_verdicts
+from layerbench.config import Arm, Study
 from layerbench.paths import EvalFolder, ModelFolder, StudyPaths
 from layerbench.runtime.io import (
     atomic_write_csv,
@@ -81,7 +81,7 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
 
     budgets = sorted({r["budget"] for r in scored})
     tasks = sorted({r["task"] for r in scored})
-    listed = sorted(c_rows, key=lambda r: (r["budget"], arm_sort_key(r["arm"])))  # the report's order
+    listed = sorted(c_rows, key=lambda r: (r["budget"], Arm.sort_key_of(r["arm"])))  # the report's order
     decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens, scored, d_rows, r_rows)
     atomic_write_json(verdicts, decided)
     opened = {"base", "full"} | set(best_arms(decided["headline"]).values())
@@ -212,7 +212,7 @@ def sample_browser(paths: StudyPaths, table: PerSampleTable, tasks: list[str], b
     seed = paths.study.seeds[0]
     missing, answers = [], {}
     decode = _decoder(ModelFolder(paths.base_model).tokenizer)
-    for arm in sorted(paths.study.arms, key=lambda a: arm_sort_key(a.name)):
+    for arm in sorted(paths.study.arms, key=lambda a: Arm.sort_key_of(a.name)):
         folder = paths.eval(arm, seed)
         texts = {}
         for task in tasks:

@@ -46,7 +46,10 @@ class PreflightError(RuntimeError):
 
 
 @dataclass
-class Report:
+class LimitChecks:
+    """The preflight's table of token-limit checks (one row per check and
+    subject), published as preflight.json and preflight.md."""
+
     checks: list[dict] = field(default_factory=list)
 
     def add(self, check: str, subject: str, status: str, message: str, **numbers) -> None:
@@ -65,19 +68,15 @@ class Report:
 
 
 def model_context(study: Study, model_dir: Path | None) -> tuple[int, str]:
-    """The model's context length and where it came from."""
-    if model_dir is not None and ModelFolder(model_dir).config.exists():
-        cfg = json.loads(ModelFolder(model_dir).config.read_text())
-        return int(cfg["max_position_embeddings"]), f"{model_dir}/config.json max_position_embeddings"
-    declared = study.model.context_length
-    if declared is None and study.model.source == "build":
-        return study.model.build.max_positions, "model.build.max_positions (the model is built by the DAG)"
-    if declared is None:
-        raise PreflightError("model is not available offline and key 'model.context_length' is not set")
-    return int(declared), "model.context_length (declared; the model is not available offline)"
+    """The model's context length and where it came from (``ModelConfig.context``),
+    or a preflight error when it is not known offline."""
+    context, source = study.model.context(model_dir)
+    if context is None:
+        raise PreflightError(f"model is not available offline: {source}")
+    return context, source
 
 
-def check_training(study: Study, report: Report, tokenizer, records: list[dict], context: int) -> list[dict]:
+def check_training(study: Study, report: LimitChecks, tokenizer, records: list[dict], context: int) -> list[dict]:
     """Prompt cap with the configured policy; returns the prompts to train on."""
     limits = study.limits
     cap, policy = limits.max_prompt_tokens, limits.prompt_policy
@@ -108,7 +107,7 @@ def check_training(study: Study, report: Report, tokenizer, records: list[dict],
     return kept
 
 
-def check_caps(study: Study, report: Report, context: int) -> None:
+def check_caps(study: Study, report: LimitChecks, context: int) -> None:
     """Caps against the model context: needs no tokenizer."""
     limits = study.limits
     cap = limits.max_prompt_tokens
@@ -128,14 +127,14 @@ def check_caps(study: Study, report: Report, context: int) -> None:
                    f"comparing studies with different caps also compares different loss scales")
 
 
-def check_memory(study: Study, report: Report, model_dir: Path | None) -> None:
+def check_memory(study: Study, report: LimitChecks, model_dir: Path | None) -> None:
     """Each arm's estimated memory per process against the study's GPUs
     (``resources.gpu_memory_gb``, else nvidia-smi), and the study's disk and
-    generated tokens (layerbench.analysis.memory); the shape from the model's
+    generated tokens (layerbench.config.memory); the shape from the model's
     config.json once it is here, else the declared one. A study that declares its
     GPU memory was already refused when it loaded; this also covers GPUs
     read on the machine."""
-    from layerbench.analysis.memory import describe, study_memory, study_totals
+    from layerbench.config.memory import describe, study_memory, study_totals
     from layerbench.runtime.gpuslots import gpu_memory_gb
 
     gpu_gb, source = study.resources.gpu_memory_gb, "resources.gpu_memory_gb"
@@ -144,7 +143,7 @@ def check_memory(study: Study, report: Report, model_dir: Path | None) -> None:
     rows = study_memory(study, gpu_gb if study.gpus else None, model_dir)
     if not rows:
         report.add("memory", "model", "warn", f"the shape of {study.model.id} is not known offline: memory and "
-                   f"disk not estimated (layerbench.analysis.memory.KNOWN_SHAPES)")
+                   f"disk not estimated (layerbench.config.memory.KNOWN_SHAPES)")
     for row in rows:
         if not study.gpus:
             against, status = "a CPU study: not compared with a GPU", "ok"
@@ -165,7 +164,7 @@ def check_memory(study: Study, report: Report, model_dir: Path | None) -> None:
                **totals)
 
 
-def check_budgets(study: Study, report: Report) -> None:
+def check_budgets(study: Study, report: LimitChecks) -> None:
     cap, budgets = study.limits.max_completion_tokens, study.limits.eval_budgets
     if max(budgets) <= cap:
         report.add("eval budgets vs training cap", "limits.eval_budgets", "warn",
@@ -221,7 +220,7 @@ def suite_data_missing(suite) -> str | None:
     return None
 
 
-def buildable_suites(study: Study, report: Report, reason_offline: str | None = None) -> list:
+def buildable_suites(study: Study, report: LimitChecks, reason_offline: str | None = None) -> list:
     """Suites whose contexts can be measured now; the others are reported as
     not checked offline, with the reason. ``reason_offline`` marks every
     suite unchecked (e.g. no tokenizer)."""
@@ -248,7 +247,7 @@ def buildable_suites(study: Study, report: Report, reason_offline: str | None = 
     return out
 
 
-def check_budget_context(study: Study, report: Report, context: int) -> None:
+def check_budget_context(study: Study, report: LimitChecks, context: int) -> None:
     """Without a tokenizer: the largest eval budget alone must leave room for a prompt."""
     budget = study.limits.max_budget
     what = "model context"
@@ -262,7 +261,7 @@ def check_budget_context(study: Study, report: Report, context: int) -> None:
                f"lower limits.eval_budgets", budget=budget, context=context)
 
 
-def check_eval(study: Study, report: Report, tokenizer, context: int, contexts: dict) -> None:
+def check_eval(study: Study, report: LimitChecks, tokenizer, context: int, contexts: dict) -> None:
     budget = study.limits.max_budget
     if study.eval.backend == "vllm" and study.eval.max_model_len:
         context = min(context, study.eval.max_model_len)  # the eval engine's own limit
@@ -303,7 +302,7 @@ def _model(study: Study, model_dir: Path | None) -> tuple[int, str, object | Non
     return context, source, tokenizer
 
 
-def _publish(report: Report, path: Path) -> None:
+def _publish(report: LimitChecks, path: Path) -> None:
     """Write the checks (json and a markdown table), then stop on any error,
     naming every one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,12 +314,12 @@ def _publish(report: Report, path: Path) -> None:
         raise PreflightError("preflight failed:\n  " + "\n  ".join(f"{c['subject']}: {c['message']}" for c in errors))
 
 
-def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out: Path, kept_file: Path) -> Report:
+def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out: Path, kept_file: Path) -> LimitChecks:
     """The limits training depends on: prompt cap and policy, prompt + completion
     cap against the context. Writes the checks to ``out`` and the prompts to
     train on to ``kept_file``. A rule of its own so that editing eval settings
     never re-runs training."""
-    report = Report()
+    report = LimitChecks()
     context, source, tokenizer = _model(study, model_dir)
     report.add("model context", "model", "ok", f"context {context} tokens from {source}", context=context)
     check_caps(study, report, context)
@@ -336,12 +335,12 @@ def train_preflight(study: Study, model_dir: Path | None, train_file: Path, out:
     return report
 
 
-def eval_preflight(study: Study, model_dir: Path | None, train_checks_file: Path, out: Path) -> Report:
+def eval_preflight(study: Study, model_dir: Path | None, train_checks_file: Path, out: Path) -> LimitChecks:
     """The evaluation limits (budgets against the training cap and the context,
     every eval context measured as lm-eval builds it), appended to the training
     checks in ``out`` (preflight.json): the one table the report shows."""
     train_checks = json.loads(train_checks_file.read_text())["checks"]
-    report = Report(checks=list(train_checks))
+    report = LimitChecks(checks=list(train_checks))
     context, _, tokenizer = _model(study, model_dir)
     check_budgets(study, report)
     if tokenizer is None:
@@ -355,7 +354,7 @@ def eval_preflight(study: Study, model_dir: Path | None, train_checks_file: Path
     return report
 
 
-def run_preflight(study: Study, model_dir: Path | None, train_file: Path, paths: StudyPaths) -> Report:
+def run_preflight(study: Study, model_dir: Path | None, train_file: Path, paths: StudyPaths) -> LimitChecks:
     """Both rules in one call (``layerbench check-limits``, tests), writing
     where the DAG would under ``paths``, stopping with the errors of both."""
     try:
@@ -363,21 +362,3 @@ def run_preflight(study: Study, model_dir: Path | None, train_file: Path, paths:
     except PreflightError:
         pass  # its checks are in preflight_train.json, which eval_preflight reports with its own
     return eval_preflight(study, model_dir, paths.preflight_train, paths.preflight)
-
-
-def check_limits(config: Path, out: Path | None) -> int:
-    """``layerbench check-limits``: the preflight of a study config before
-    anything exists (no model, no data, no network). Context from
-    ``model.context_length``; prompts unmeasured. With ``out``, the tables
-    stay under ``out/results/<study>/``."""
-    import tempfile
-
-    from layerbench.config import load_study
-
-    study = load_study(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = StudyPaths(study, out or Path(tmp))
-        empty = Path(tmp) / "no-prompts.jsonl"
-        empty.write_text("")
-        run_preflight(study, None, empty, paths)
-    return 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layerbench.config import EvalConfig
+from layerbench.config import EvalConfig, Study
 from layerbench.lmeval import (
     filter_ensemble,
     score_response,
@@ -37,7 +37,8 @@ from layerbench.lmeval import (
     suite_tasks,
     task_manager,
 )
-from layerbench.paths import EvalFolder
+from layerbench.paths import EvalFolder, RunFolder
+from layerbench.runtime.checkpoints import materialized
 from layerbench.runtime.io import (
     atomic_directory,
     atomic_write_csv,
@@ -52,6 +53,20 @@ from layerbench.stages.evaluate.backends import (
 )
 
 PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
+
+
+def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path) -> dict:
+    """Evaluate one arm: the base model, or a trained arm's run folder (a
+    layer arm's checkpoint holds only its layers: it is put together with
+    ``base`` in a scratch folder beside ``out`` for lm-eval and vLLM), with
+    the study's eval settings, budgets, context length and GPUs."""
+    if RunFolder(model).checkpoint.is_dir():
+        model = RunFolder(model).checkpoint
+    out_folder = EvalFolder(out)
+    with materialized(model, base, scratch_parent=out_folder.path.parent) as model_dir:
+        context, _ = study.model.context(model_dir)
+        return evaluate_model(model_dir, study.eval, study.limits.eval_budgets, seed, out_folder,
+                              context_length=context, gpus=study.gpus)
 
 
 def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out: EvalFolder,

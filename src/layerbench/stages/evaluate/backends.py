@@ -194,7 +194,7 @@ def vllm_model_args(model_dir: Path, ev: EvalConfig, seed: int, context_length: 
     """Constructor arguments of ``layerbench-vllm`` (lm-eval's VLLM): the
     engine seed is the study's sampling seed, and each sampled request gets
     its own seed from it (:func:`request_seed`); max_model_len is ``eval.max_model_len``,
-    else the declared ``model.context_length``; the model is split over the
+    else the model's context length (``ModelConfig.context``); the model is split over the
     job's ``gpus`` (tensor parallel)."""
     args = {
         "pretrained": str(model_dir),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerbench.analysis.verdicts import arm_label
+from layerbench.config import Arm
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import atomic_write_text
 from layerbench.stages.report.gather import study_view
@@ -40,7 +40,7 @@ def _environment():
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["missing"] = missing
     env.filters["pct"] = _pct
-    env.filters["arm_label"] = arm_label
+    env.filters["arm_label"] = Arm.label_of
     env.filters["num"] = lambda x, d=2: "n/a" if x is None else f"{x:.{d}f}"
     env.filters["signed"] = lambda x, d=2: "n/a" if x is None else f"{x:+.{d}f}"
     return env

@@ -11,7 +11,7 @@ import base64
 import io
 from collections import defaultdict
 
-from layerbench.analysis.verdicts import arm_label, arm_sort_key, number
+from layerbench.analysis.verdicts import number
 from layerbench.config import Arm
 
 TRAINING_METRICS = (
@@ -32,7 +32,8 @@ def _nan(values) -> list[float]:
     return [float("nan") if v is None else v for v in values]
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot, headless, in the report's one style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +47,9 @@ def _plt():
     return plt
 
 
-def _png(fig) -> str:
-    plt = _plt()
+def png_data_uri(fig) -> str:
+    """``fig`` as an inline PNG (a data URI: the report is one file); closes it."""
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
@@ -76,7 +78,7 @@ def contribution_chart(contributions: list[dict]) -> str | None:
             by_budget[int(row["budget"])].append(row)
     if not by_budget:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 3.4))
     offsets = {b: (i - (len(by_budget) - 1) / 2) * 0.12 for i, b in enumerate(sorted(by_budget))}
     layers = set()
@@ -96,12 +98,12 @@ def contribution_chart(contributions: list[dict]) -> str | None:
     ax.set_xlabel("trained decoder layer k")
     ax.set_ylabel("C(k)")
     ax.legend(loc="best", frameon=False)
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap: int) -> str:
     """S for base, full RL and the best single layer at each budget; dots are seeds."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 3.2))
     width = 0.26
     colors = {"base": "#b5b5b5", "full": "#333333", "best": "#2a9d8f"}
@@ -118,7 +120,7 @@ def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap
             ax.bar(x, s, width * 0.92, color=colors[role])
             ax.scatter([x] * len(seeds), [v["accuracy"] for v in seeds.values()], s=9, color="white",
                        edgecolor="black", linewidth=0.6, zorder=3)
-            name = {"base": "base", "full": "full"}.get(role, arm_label(arm))
+            name = {"base": "base", "full": "full"}.get(role, Arm.label_of(arm))
             ax.text(x, 0.02, name, rotation=90, ha="center", va="bottom", fontsize=7.5,
                     color="white" if role != "base" else "#222")
             cut = mean([v["truncated"] for v in seeds.values()])
@@ -134,7 +136,7 @@ def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap
     ax.set_ylabel("accuracy S (mean over tasks)")
     ax.set_ylim(0, 1.08)
     ax.grid(axis="x", visible=False)
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def budget_chart(scores: list[dict], cap: int, num_layers: int) -> str | None:
@@ -145,15 +147,15 @@ def budget_chart(scores: list[dict], cap: int, num_layers: int) -> str | None:
     for r in scores:
         cells[r["arm"]][int(r["budget"])].append(r)
     budgets = sorted({int(r["budget"]) for r in scores})
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
     panels = (("accuracy", "accuracy"), ("finished_accuracy", "accuracy on finished answers"),
               ("truncated_rate", "truncated answers (share)"))
     for ax, (col, title) in zip(axes, panels):
-        for arm in sorted(cells, key=arm_sort_key):
+        for arm in sorted(cells, key=Arm.sort_key_of):
             ys = [mean(number(r[col]) for r in cells[arm][b]) for b in budgets]
             style = arm_style(arm, num_layers)
-            ax.plot(budgets, _nan(ys), label=arm_label(arm), ms=4, **style)
+            ax.plot(budgets, _nan(ys), label=Arm.label_of(arm), ms=4, **style)
         ax.axvline(cap, color="#b23a48", lw=1, ls="--")
         ax.set_title(title)
         ax.set_xticks(budgets)
@@ -164,7 +166,7 @@ def budget_chart(scores: list[dict], cap: int, num_layers: int) -> str | None:
     fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def training_chart(rows: list[dict], cap: int, num_layers: int) -> tuple[str | None, list[str]]:
@@ -179,7 +181,7 @@ def training_chart(rows: list[dict], cap: int, num_layers: int) -> tuple[str | N
         series[r["arm"]][int(float(r["step"]))].append(r)
     n_steps = max(len(v) for v in series.values())
     window = max(1, round(n_steps / 15))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
     for ax, (col, title) in zip(axes, TRAINING_METRICS):
         ax.set_title(title)
@@ -187,11 +189,11 @@ def training_chart(rows: list[dict], cap: int, num_layers: int) -> tuple[str | N
         if col not in rows[0]:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#777")
             continue
-        for arm in sorted(series, key=arm_sort_key):
+        for arm in sorted(series, key=Arm.sort_key_of):
             steps = sorted(series[arm])
             ys = [mean(number(r[col]) for r in series[arm][s]) for s in steps]
             smooth = [mean(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
-            ax.plot(steps, _nan(smooth), label=arm_label(arm), **{**arm_style(arm, num_layers), "marker": None})
+            ax.plot(steps, _nan(smooth), label=Arm.label_of(arm), **{**arm_style(arm, num_layers), "marker": None})
         if col == "completions/mean_length":
             ax.axhline(cap, color="#b23a48", lw=1, ls="--")
             ax.text(0, cap, "cap", color="#b23a48", fontsize=7.5, va="bottom")
@@ -202,7 +204,7 @@ def training_chart(rows: list[dict], cap: int, num_layers: int) -> tuple[str | N
                bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     notes.append(f"mean over seeds, rolling mean over {window} step{'s' if window > 1 else ''}")
-    return _png(fig), notes
+    return png_data_uri(fig), notes
 
 
 def decomposition_chart(rows: list[dict]) -> str | None:
@@ -213,9 +215,9 @@ def decomposition_chart(rows: list[dict]) -> str | None:
         by_budget[int(r["budget"])].append(r)
     if not by_budget:
         return None
-    plt = _plt()
+    plt = pyplot()
     budgets = sorted(by_budget)
-    arms = sorted({r["arm"] for r in rows}, key=arm_sort_key)
+    arms = sorted({r["arm"] for r in rows}, key=Arm.sort_key_of)
     fig, axes = plt.subplots(1, len(budgets), figsize=(3.7 * len(budgets), 0.5 + 0.32 * len(arms) + 0.6),
                              sharey=True, sharex=True, squeeze=False)
     for ax, budget in zip(axes[0], budgets):
@@ -236,14 +238,14 @@ def decomposition_chart(rows: list[dict]) -> str | None:
         ax.set_xlabel("problems (mean over seeds)")
         ax.grid(axis="y", visible=False)
     axes[0][0].set_yticks(list(range(len(arms)))[::-1])
-    axes[0][0].set_yticklabels([arm_label(a) for a in arms])
+    axes[0][0].set_yticklabels([Arm.label_of(a) for a in arms])
     handles, labels = axes[0][0].get_legend_handles_labels()
     seen = {}
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 
@@ -257,7 +259,7 @@ def update_chart(update: dict, contributions: list[dict] | None, cap: int) -> st
     if not layers:
         return None
     ks = [p["layer"] for p in layers]
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, ax_c) = plt.subplots(1, 2, figsize=(11, 3.3))
     ax.bar(ks, _nan(p["rel_frobenius"] for p in layers), 0.6, color="#9db8d9", label="||ΔW||_F / ||W||_F (left axis)")
     ax.set_ylabel("relative update norm")
@@ -290,4 +292,4 @@ def update_chart(update: dict, contributions: list[dict] | None, cap: int) -> st
     else:
         ax_c.text(0.5, 0.5, "no defined C(k) at the cap", transform=ax_c.transAxes, ha="center", color="#777")
     fig.tight_layout()
-    return _png(fig)
+    return png_data_uri(fig)

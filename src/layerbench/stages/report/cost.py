@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from layerbench.analysis.verdicts import arm_label, arm_sort_key, number
+from layerbench.analysis.verdicts import number
 from layerbench.config import Arm
-from layerbench.stages.report.charts import _plt, _png, mean
+from layerbench.stages.report.charts import mean, png_data_uri, pyplot
 
 STEP_PHASES = (("generation", "rollout generation"), ("scoring", "rollout scoring"),
                ("forward_backward", "forward/backward"), ("optimizer", "optimizer step"))
@@ -35,7 +35,7 @@ def arm_costs(rows: list[dict]) -> list[dict]:
         if number(r.get("forward_backward_seconds")) is not None:
             by_arm[r["arm"]].append(r)
     out = []
-    for arm in sorted(by_arm, key=arm_sort_key):
+    for arm in sorted(by_arm, key=Arm.sort_key_of):
         rs = by_arm[arm]
 
         def avg(col, rs=rs):
@@ -49,7 +49,7 @@ def arm_costs(rows: list[dict]) -> list[dict]:
         layers = sorted({int(k) for r in rs for k in (r.get("backward_layers") or "").split()})
         state = avg("optimizer_state_bytes")
         checkpoint_bytes, checkpoint_format = avg("checkpoint_bytes"), rs[0].get("checkpoint_format")
-        out.append({"arm": arm, "label": arm_label(arm), "seeds": len(rs), "steps": steps,
+        out.append({"arm": arm, "label": Arm.label_of(arm), "seeds": len(rs), "steps": steps,
                     "train": avg("train_seconds"), "seconds": seconds, "per_step": per_step,
                     "step": sum(per_step.values()), "backward": None if backward is None else backward / steps,
                     "memory": gpu if gpu is not None else avg("peak_rss_mb"),
@@ -179,7 +179,7 @@ def phase_chart(arms: list[dict]) -> str | None:
     """Seconds per optimizer step by phase, one stacked bar per arm (mean over seeds)."""
     if not arms:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 0.7 + 0.36 * len(arms)))
     ys = list(range(len(arms)))[::-1]
     for y, a in zip(ys, arms):
@@ -194,7 +194,7 @@ def phase_chart(arms: list[dict]) -> str | None:
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[:len(STEP_PHASES)], labels[:len(STEP_PHASES)], loc="lower center", ncol=4, frameon=False,
               bbox_to_anchor=(0.5, 1.0))
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def cost_view(rows: list[dict] | None, num_layers: int) -> dict | None:
@@ -205,4 +205,4 @@ def cost_view(rows: list[dict] | None, num_layers: int) -> dict | None:
     measured = {a["arm"] for a in arms}
     return {"arms": arms, "ratios": ratio_rows(arms, num_layers), "sentence": dominant_sentence(arms),
             "chart": phase_chart(arms), "gpu_note": gpu_note(arms, num_layers), "phases": RATIO_PHASES,
-            "unmeasured": sorted({r["arm"] for r in rows} - measured, key=arm_sort_key)}
+            "unmeasured": sorted({r["arm"] for r in rows} - measured, key=Arm.sort_key_of)}

@@ -16,14 +16,8 @@ from pathlib import Path
 import yaml
 
 from layerbench.analysis.update import update_sentence
-from layerbench.analysis.verdicts import (
-    arm_label,
-    arm_sort_key,
-    best_arms,
-    join,
-    number,
-)
-from layerbench.config import Study
+from layerbench.analysis.verdicts import best_arms, join, number
+from layerbench.config import Arm, Study
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import read_csv
 from layerbench.runtime.timing import latest_wall_time
@@ -65,7 +59,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     # headline + C(k)
     v["headline"] = verdicts["headline"] if verdicts is not None else None
     if contributions is not None:
-        contributions = sorted(contributions, key=lambda r: (int(r["budget"]), arm_sort_key(r["arm"])))
+        contributions = sorted(contributions, key=lambda r: (int(r["budget"]), Arm.sort_key_of(r["arm"])))
         v["c_chart"] = contribution_chart(contributions)
         v["c_budgets"], v["c_rows"], v["c_notes"] = contribution_matrix(
             contributions, verdicts["cells"] if verdicts is not None else [])
@@ -117,7 +111,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
 
 def _labelled(rows: list[dict]) -> list[dict]:
     """Rows keyed by ``arm``, each with the arm's label added."""
-    return [{**r, "label": arm_label(r["arm"])} for r in rows]
+    return [{**r, "label": Arm.label_of(r["arm"])} for r in rows]
 
 
 def score_table(scores: list[dict]) -> tuple[list[int], list[dict]]:
@@ -127,7 +121,7 @@ def score_table(scores: list[dict]) -> tuple[list[int], list[dict]]:
     for r in scores:
         acc[(r["arm"], int(r["budget"]))].append(r)
     rows = []
-    for arm in sorted({r["arm"] for r in scores}, key=arm_sort_key):
+    for arm in sorted({r["arm"] for r in scores}, key=Arm.sort_key_of):
         cells = []
         for b in budgets:
             sel = acc[(arm, b)]
@@ -137,7 +131,7 @@ def score_table(scores: list[dict]) -> tuple[list[int], list[dict]]:
                 "finished": mean(number(r["finished_accuracy"]) for r in sel),
                 "tokens": mean(number(r.get("mean_tokens")) for r in sel),
             })
-        rows.append({"arm": arm, "label": arm_label(arm), "cells": cells})
+        rows.append({"arm": arm, "label": Arm.label_of(arm), "cells": cells})
     return budgets, rows
 
 
@@ -163,7 +157,7 @@ def contribution_matrix(contributions: list[dict], verdicts: list[dict]) -> tupl
         if number(r["C"]) is None:
             notes[r["reason"] or "no reason given"].add(int(r["budget"]))
     rows = []
-    for arm in sorted({r["arm"] for r in contributions}, key=arm_sort_key):
+    for arm in sorted({r["arm"] for r in contributions}, key=Arm.sort_key_of):
         row = []
         for b in budgets:
             r = cells.get((arm, b))
@@ -172,18 +166,18 @@ def contribution_matrix(contributions: list[dict], verdicts: list[dict]) -> tupl
                 continue
             row.append({"C": number(r["C"]), "lo": number(r["ci_low"]), "hi": number(r["ci_high"]),
                         "verdict": verdict.get((arm, b), "")})
-        rows.append({"arm": arm, "label": arm_label(arm), "cells": row})
+        rows.append({"arm": arm, "label": Arm.label_of(arm), "cells": row})
     return budgets, rows, [f"Undefined at budget{'s' if len(bs) > 1 else ''} {join(list(map(str, sorted(bs))))}: "
                            f"{reason}" for reason, bs in notes.items()]
 
 
 def decomposition_table(rows: list[dict]) -> list[dict]:
     out = []
-    for r in sorted(rows, key=lambda r: (int(r["budget"]), arm_sort_key(r["arm"]))):
+    for r in sorted(rows, key=lambda r: (int(r["budget"]), Arm.sort_key_of(r["arm"]))):
         trunc, wrong = number(r["now_right_was_truncated"]), number(r["now_right_was_wrong_finished"])
         gross = (trunc or 0) + (wrong or 0)
         out.append({**{k: number(v) for k, v in r.items() if k not in ("arm", "budget")},
-                    "arm": r["arm"], "label": arm_label(r["arm"]), "budget": int(r["budget"]),
+                    "arm": r["arm"], "label": Arm.label_of(r["arm"]), "budget": int(r["budget"]),
                     "from_finishing": trunc / gross if gross else None})
     return out
 
@@ -265,11 +259,11 @@ def _training_summary(rows: list[dict]) -> tuple[int, list[dict]]:
         by_arm[r["arm"]][int(float(r["step"]))].append(r)
     window = max(1, round(max(len(v) for v in by_arm.values()) / 10))
     out = []
-    for arm in sorted(by_arm, key=arm_sort_key):
+    for arm in sorted(by_arm, key=Arm.sort_key_of):
         steps = sorted(by_arm[arm])
         first = [r for s in steps[:window] for r in by_arm[arm][s]]
         last = [r for s in steps[-window:] for r in by_arm[arm][s]]
         cell = {col: (mean(number(r.get(col)) for r in first), mean(number(r.get(col)) for r in last))
                 for col, _ in TRAINING_METRICS}
-        out.append({"arm": arm, "label": arm_label(arm), "steps": steps[-1], "cells": cell})
+        out.append({"arm": arm, "label": Arm.label_of(arm), "steps": steps[-1], "cells": cell})
     return window, out

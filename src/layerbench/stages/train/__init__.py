@@ -28,12 +28,14 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from layerbench.analysis.stats import percentile
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
+from layerbench.config.batches import batch_geometry, optimizer_steps
+from layerbench.config.sections import DECODER_LAYERS
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import save_checkpoint
 from layerbench.runtime.io import (
@@ -60,8 +62,8 @@ def freeze_for_arm(model, arm: Arm) -> int:
 
 
 def decoder_layers(model):
-    """The decoder layer list of a Qwen-style causal LM."""
-    return model.model.layers
+    """The decoder layer list of a Qwen-style causal LM (``DECODER_LAYERS``)."""
+    return model.get_submodule(DECODER_LAYERS)
 
 
 def verifier(name: str):
@@ -133,40 +135,6 @@ def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
             "rollouts/reward_mean": sum(r["reward"] for r in group) / len(group),
         }
     return out
-
-
-@dataclass(frozen=True)
-class BatchGeometry:
-    """One arm's batches, counted in completions (TRL's unit)."""
-
-    per_rollout: int  # completions generated per rollout batch (prompts x group size)
-    mini: int  # completions per optimizer update
-    micro: int  # completions per forward/backward pass (TRL per_device_train_batch_size)
-    updates_per_rollout: int  # optimizer updates made from one rollout batch (all PPO iterations)
-
-
-def batch_geometry(rl: RLConfig) -> BatchGeometry:
-    """The config's batch sizes as TRL takes them; that they divide evenly is
-    checked at load (``layerbench.config.checks.batch_problem``)."""
-    mini_prompts = rl.mini_batch_prompts or rl.prompts_per_step
-    mini = mini_prompts * rl.num_generations
-    return BatchGeometry(per_rollout=rl.prompts_per_step * rl.num_generations, mini=mini,
-                         micro=rl.micro_batch_completions or mini,
-                         updates_per_rollout=rl.num_iterations * (rl.prompts_per_step // mini_prompts))
-
-
-def optimizer_steps(rl: RLConfig, n_prompts: int | None = None) -> int:
-    """TRL ``max_steps`` (optimizer updates). With ``rl.epochs``: every full
-    rollout batch of the training prompts, ``epochs`` times (a trailing
-    partial batch is dropped, as verl's dataloader does)."""
-    if rl.epochs is None:
-        return rl.steps
-    if n_prompts is None:
-        raise ValueError("rl.epochs needs the number of training prompts")
-    batches = n_prompts // rl.prompts_per_step
-    if batches == 0:
-        raise ValueError(f"{n_prompts} training prompts are fewer than rl.prompts_per_step={rl.prompts_per_step}")
-    return rl.epochs * batches * batch_geometry(rl).updates_per_rollout
 
 
 def trl_loss(rl: RLConfig) -> dict:
@@ -264,12 +232,16 @@ def train_arm(
     out: RunFolder,
     max_prompt_tokens: int | None = None,
     verifier_name: str = "arith",
+    processes: int = 1,
 ) -> dict:
     """Train one arm; write its run folder atomically (all or nothing).
 
-    Under a launcher (``WORLD_SIZE`` > 1, see ``RuleSettings.train_launcher``)
-    every process runs this function; all take part in training and in
-    gathering the rollouts, and only rank 0 writes the run folder."""
+    ``processes`` is the study's (``Study.train_processes``, from
+    ``resources.gpus_per_arm``). Under a launcher (``WORLD_SIZE`` > 1, see
+    ``RuleSettings.train_launcher``) every process runs this function; all
+    take part in training and in gathering the rollouts, and only rank 0
+    writes the run folder. A job whose launcher started another number of
+    processes stops before training: its batches would not be the study's."""
     import torch
     from accelerate.utils import gather_object
     from datasets import Dataset
@@ -278,9 +250,16 @@ def train_arm(
 
     from layerbench.runtime.numerics import start_job
     from layerbench.stages.train import engine
-    from layerbench.stages.train.cost import CostMeter, peak_rss_mb, stop_backward_at_arm
+    from layerbench.stages.train.cost import (
+        CostMeter,
+        peak_rss_mb,
+        stop_backward_at_arm,
+    )
 
-    rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world_size != processes:
+        raise RuntimeError(f"key 'resources.gpus_per_arm': the study trains each arm with {processes} process(es), "
+                           f"but this job was launched with WORLD_SIZE={world_size}")
     rss_before_model = peak_rss_mb()
     seed_everything(seed)
     numerics = start_job(rl.threads)

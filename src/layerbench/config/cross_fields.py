@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerbench.config.sections import Arm, RLConfig
+from layerbench.config.batches import batch_problem
+from layerbench.config.memory import memory_problems
+from layerbench.config.sections import Arm
 
 if TYPE_CHECKING:
     from layerbench.config import Study
@@ -65,7 +67,7 @@ def cross_field_problems(study: Study) -> list[str]:
     for key in study.per_arm:
         if key not in ("full", "layer", "layers") and Arm.parse(key).name not in names:
             out.append(f"key 'rl.per_arm.{key}': arm {key} is not in this study (arms: {', '.join(sorted(names))})")
-    context = study.model_spec.max_positions if study.model.source == "build" else study.model.context_length
+    context, _ = study.model.context()
     limits = study.limits
     if context:
         if limits.max_prompt_tokens + limits.max_completion_tokens > context:
@@ -91,32 +93,8 @@ def cross_field_problems(study: Study) -> list[str]:
             out.append(f"arm {arm.name}: {problem}")
     out += [f"key 'eval.suites.{i}': {p}" for i, p in _suite_problems(study.eval.suites)]
     if study.gpus and study.resources.gpu_memory_gb:
-        from layerbench.analysis.memory import memory_problems
-
         out += memory_problems(study, study.resources.gpu_memory_gb)
     return out
-
-
-def batch_problem(rl: RLConfig, processes: int = 1) -> str | None:
-    """Batch sizes must divide evenly, or TRL would silently regroup them;
-    with several training processes each takes an equal share of every
-    optimizer update (the global batch stays the config's)."""
-    mini_prompts = rl.mini_batch_prompts or rl.prompts_per_step
-    if rl.prompts_per_step % mini_prompts:
-        return f"rl.prompts_per_step={rl.prompts_per_step} is not a multiple of rl.mini_batch_prompts={mini_prompts}"
-    mini_batch = mini_prompts * rl.num_generations
-    micro_batch = rl.micro_batch_completions or mini_batch
-    if mini_batch % micro_batch:
-        return (f"rl.micro_batch_completions={micro_batch} does not divide the {mini_batch} completions of one "
-                f"optimizer update")
-    if mini_batch % (micro_batch * processes):
-        return (f"key 'resources.gpus_per_arm': {processes} processes x rl.micro_batch_completions={micro_batch} "
-                f"do not divide the {mini_batch} completions of one optimizer update (lower the micro-batch or "
-                f"use a number of GPUs that divides {mini_batch // micro_batch})")
-    if rl.use_vllm and processes % rl.vllm_tensor_parallel_size:
-        return (f"key 'rl.vllm_tensor_parallel_size': {rl.vllm_tensor_parallel_size} does not divide "
-                f"resources.gpus_per_arm={processes}")
-    return None
 
 
 def _suite_problems(suites) -> list[tuple[int, str]]:
