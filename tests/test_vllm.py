@@ -8,6 +8,7 @@ into the other tests.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -127,8 +128,9 @@ def vllm_runs(small_base, tmp_path_factory):
         command = [sys.executable, "-c", TRAIN, mode, "stage", "train", "--study", str(study), "--arm", arm,
                    "--seed", "1", "--base", str(small_base["model"]), "--train", str(small_base["data"] / "train.jsonl"),
                    "--out", str(tmp / name)]
+        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "RANK")}
         procs.append((name, subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             text=True)))
+                                             text=True, env=env)))
         if len(procs) == 2:  # two at a time on two cores
             _wait(procs.pop(0))
     for proc in procs:

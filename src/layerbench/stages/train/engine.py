@@ -139,13 +139,16 @@ def seeded_engine(seed: int, cpu_kvcache_gb: int, meter: EngineMeter):
         meter.start_seconds.append(time.perf_counter() - started)
         return llm
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_PORT"):
+    own_port = int(os.environ.get("WORLD_SIZE", "1")) == 1 and not os.environ.get("MASTER_PORT")
+    if own_port:  # only while the engine is built: nothing else in the process (or its children) inherits it
         os.environ["MASTER_PORT"] = str(free_port())
     vllm_generation.LLM = seeded_llm
     try:
         yield
     finally:
         vllm_generation.LLM = original
+        if own_port:
+            os.environ.pop("MASTER_PORT", None)
 
 
 def free_port() -> int:
