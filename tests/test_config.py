@@ -7,7 +7,7 @@ from layerbench.stages.train import trl_loss
 
 def test_default_config_expands_every_layer_and_applies_per_arm_lr():
     study = load_study("config/default.yaml")
-    n = study.num_layers
+    n = study.model.decoder_layer_count
     assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(n)]
     assert study.rl_for(Arm("full")).learning_rate == 3e-5
     assert study.rl_for(Arm("layer", (2,))).learning_rate == 1e-4
@@ -103,4 +103,4 @@ def test_a_train_job_refuses_another_world_size(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="resources.gpus_per_arm.*2 process.*WORLD_SIZE=1"):
         train_arm(tmp_path, tmp_path / "train.jsonl", Arm.parse("full"), 1, RLConfig.defaults(), 8,
-                  RunFolder(tmp_path / "run"), processes=2)
+                  RunFolder(tmp_path / "run"), gpus_per_arm=2)

@@ -20,7 +20,7 @@ def test_two_processes_train_arms_that_pass_pairing_and_the_audit(study_runs):
     work = study_runs[1]["two-processes"]
     results = work / "results" / "two-processes"
     study = study_from_dict(two_process_raw())
-    assert study.train_processes == 2
+    assert study.resources.gpus_per_arm == 2
     assert (work / TWO_PROCESS_CHECKS).is_file()  # the checks rule fails the DAG on a violation
     hashes = {}
     for arm in ("full", "layer-1"):

@@ -53,10 +53,10 @@ def test_every_paper_config_validates_and_covers_every_layer(path):
     study = load_study(path)
     assert study.name == path.stem
     assert study.model.source == "hub" and study.data_source == "hub"
-    assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(study.num_layers)]
-    assert study.num_layers == {"Qwen/Qwen3-1.7B-Base": 28, "Qwen/Qwen3-4B-Base": 36, "Qwen/Qwen3-8B-Base": 36,
+    assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(study.model.decoder_layer_count)]
+    assert study.model.decoder_layer_count == {"Qwen/Qwen3-1.7B-Base": 28, "Qwen/Qwen3-4B-Base": 36, "Qwen/Qwen3-8B-Base": 36,
                                 "Qwen/Qwen2.5-Math-1.5B": 28}[study.model.id]
-    assert study.gpus == 1 and study.eval.backend == "vllm" and study.verifier == "math_verify"
+    assert study.resources.gpu == 1 and study.eval.backend == "vllm" and study.verifier == "math_verify"
     assert all(study.rl_for(a).use_vllm for a in study.trained_arms)
     assert study.tracking.experiment == f"layerbench-{study.name}"
     tasks = {s.task for s in study.eval.suites}
@@ -78,7 +78,7 @@ def test_qwen3_studies_share_the_paper_setting(path):
         rl = study.rl_for(arm)
         assert (rl.prompts_per_step, rl.mini_batch_prompts, rl.beta, rl.epsilon) == (512, 128, 0.001, 0.2)
         assert rl.algorithm == "grpo"
-    assert study.eval.derive  # 3072 tokens cut from the 8192-token answers, greedy or sampled
+    assert study.eval.derive_budgets  # 3072 tokens cut from the 8192-token answers, greedy or sampled
     if not study.eval.greedy:
         assert (study.eval.temperature, study.eval.top_p, study.eval.top_k, study.eval.seed) == (0.6, 0.95, 20, 42)
 
@@ -150,7 +150,7 @@ def test_default_study_keeps_its_meaning_and_fingerprints():
     """New RL fields stay out of the default study's identity (same fingerprints,
     same GRPOConfig as before they existed)."""
     study = load_study(ROOT / "config" / "default.yaml")
-    assert study.gpus == 0 and study.verifier == "arith" and study.eval.derive and study.eval.backend == "hf"
+    assert study.resources.gpu == 0 and study.verifier == "arith" and study.eval.derive_budgets and study.eval.backend == "hf"
     legacy = {"algorithm", "steps", "learning_rate", "prompts_per_step", "num_generations", "temperature", "top_p",
               "top_k", "beta", "epsilon", "epsilon_high", "num_iterations", "threads", "use_vllm",
               "bf16"}  # set on purpose: fp32 on CPU (config/default.yaml)
@@ -197,7 +197,7 @@ def _jobs(text: str, rule: str) -> list[str]:
 def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
     study = load_study(path)
     text = _dry_run(tmp_path, path)
-    seeds, layers = len(study.seeds), study.num_layers
+    seeds, layers = len(study.seeds), study.model.decoder_layer_count
     stats = job_stats(text)
     assert stats["train"] == (layers + 1) * seeds  # full + every layer, per seed
     assert stats["evaluate"] == (layers + 2) * seeds  # + base; each job scores every budget
@@ -206,13 +206,13 @@ def test_dry_run_plans_the_complete_dag_with_gpu_resources(path, tmp_path):
     assert {k: stats.get(k) for k in once} == dict.fromkeys(once, 1)
     assert stats["download_benchmark"] == 2  # amc, olympiadbench
     assert "model" not in stats
-    for rule, gpus in (("train", study.train_processes), ("evaluate", study.gpus)):
+    for rule, gpus in (("train", study.resources.gpus_per_arm), ("evaluate", study.resources.gpu)):
         jobs = _jobs(text, rule)
         assert len(jobs) == stats[rule]
         for job in jobs:
             assert re.search(rf"resources: .*\bgpu={gpus}\b", job), job
             assert "mem_mb=" in job and "runtime=" in job
-            assert (f"layerbench.runtime.launch --processes {gpus}" in job) == (rule == "train" and gpus > 1)
+            assert (f"layerbench.runtime.launch --gpus-per-arm {gpus}" in job) == (rule == "train" and gpus > 1)
     for rule in ("download_model", "download_data", "data", "collect"):
         assert all("gpu=" not in job for job in _jobs(text, rule))
     # nothing was downloaded or built by planning

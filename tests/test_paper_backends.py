@@ -240,7 +240,7 @@ def test_amc_task_scores_every_sampled_repeat_and_runs_every_budget(small_base, 
                    "batch_size": 9, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 42,
                    "derive_budgets": False}  # the option that generates every budget for real
     study = study_from_dict(raw)
-    assert study.eval.derive is False
+    assert study.eval.derive_budgets is False
     scores = evaluate_model(small_base["model"], study.eval, (8, 16), 1, EvalFolder(tmp_path / "out"))
     rows = _per_sample(tmp_path / "out")
     assert len(rows) == 3 * 3 * 2  # docs x repeats x budgets, each budget generated

@@ -224,7 +224,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                         "rollouts/truncated_share": round(max(0.0, 0.45 - gain * s / 20), 4), "loss": 0.0}
                        for s in range(1, 21)]
             atomic_write_csv(run.metrics, metrics, list(metrics[0]))
-            cost = synthetic_summary(arm, seed, study.num_layers) if complete else {}  # sparse: runs without cost
+            cost = synthetic_summary(arm, seed, study.model.decoder_layer_count) if complete else {}  # sparse: runs without cost
             atomic_write_json(run.summary, {"step0_rollout_sha256": f"{seed:064x}", **cost})
     for job, seconds in (("model", 12.5), ("train/full_seed1", 30.1), ("eval/base_seed1", 8.0)):
         tsv = paths.benchmarks / f"{job}.tsv"
@@ -242,7 +242,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
                budgets=list(budgets), cap=study.limits.max_completion_tokens)
     atomic_write_json(paths.preflight, {"status": report.status, "checks": report.checks})
     runs = {(a.name, s): paths.run(a, s) for a in study.trained_arms for s in seeds}
-    write_checkpoints(paths, tiny_state(study.num_layers))  # a fair study: each arm moved exactly what it trains
+    write_checkpoints(paths, tiny_state(study.model.decoder_layer_count))  # a fair study: each arm moved exactly what it trains
     run_audits(paths.base_model, runs, paths.pairing, paths.param_audit, paths.checks)
     atomic_write_json(paths.repro, {
         "arm": "layer:0", "seed": seeds[0], "bitwise_equal": True, "metrics_equal": True, "rollouts_equal": True,

@@ -130,7 +130,7 @@ def stage_train(args) -> None:
     print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
                     study.limits.max_completion_tokens, RunFolder(Path(args.out)),
                     max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
-                    processes=study.train_processes))
+                    gpus_per_arm=study.resources.gpus_per_arm))
 
 
 def stage_evaluate(args) -> None:

@@ -52,36 +52,37 @@ class RuleSettings:
         if "resources" not in self.study.raw:  # a CPU study: its rules request nothing
             return {}
         request = self.study.resources.stage(stage)
-        out = {"gpu": self.gpus(stage), "mem_mb": request.mem_mb, "runtime": request.runtime}
+        out = {"gpu": self.job_gpus(stage), "mem_mb": request.mem_mb, "runtime": request.runtime}
         return {k: v for k, v in out.items() if v is not None}
 
-    def gpus(self, stage: str) -> int:
+    def job_gpus(self, stage: str) -> int:
         """GPUs of one job: ``resources.gpus_per_arm`` for training, ``resources.gpu`` otherwise."""
-        return self.study.train_processes if stage == "train" and self.study.gpus else self.study.gpus
+        resources = self.study.resources
+        return resources.gpus_per_arm if stage == "train" and resources.gpu else resources.gpu
 
     def threads(self, stage: str, default: int) -> int:
-        """CPU threads of one job; a training job runs ``train_processes`` processes of ``default`` threads."""
-        processes = self.study.train_processes if stage == "train" else 1
+        """CPU threads of one job; a training job runs ``resources.gpus_per_arm`` processes of ``default`` threads."""
+        processes = self.study.resources.gpus_per_arm if stage == "train" else 1
         return self.study.resources.stage(stage).cpus or default * processes
 
     def gpu_params(self, stage: str) -> dict:
         """Rule params of a GPU stage: the slot wrapper (empty for CPU studies)."""
-        if self.study.gpus < 1:
+        if self.study.resources.gpu < 1:
             return {}
-        return {"gpu_run": f"{sys.executable} -m layerbench.runtime.gpuslots --gpus {self.gpus(stage)} --"}
+        return {"gpu_run": f"{sys.executable} -m layerbench.runtime.gpuslots --gpus {self.job_gpus(stage)} --"}
 
     def train_launcher(self) -> str:
         """What runs ``layerbench`` in a training job: the module itself, or
-        its launcher with ``train_processes`` processes (accelerate launch
+        its launcher with ``resources.gpus_per_arm`` processes (accelerate launch
         with FSDP2, see layerbench.runtime.launch)."""
-        if self.study.train_processes == 1:
+        if self.study.resources.gpus_per_arm == 1:
             return "-m layerbench"
-        return f"-m layerbench.runtime.launch --processes {self.study.train_processes} --"
+        return f"-m layerbench.runtime.launch --gpus-per-arm {self.study.resources.gpus_per_arm} --"
 
     def gpu_wrap(self, shell: str) -> str:
         """The shell command of a GPU stage, run inside a GPU slot (one
         CUDA_VISIBLE_DEVICES per job, see layerbench.runtime.gpuslots)."""
-        return f"{{params.gpu_run}} {shell}" if self.study.gpus >= 1 else shell
+        return f"{{params.gpu_run}} {shell}" if self.study.resources.gpu >= 1 else shell
 
 
 def _digest(obj) -> str:

@@ -3,7 +3,7 @@
 # A GPU study's preflight builds lm-eval's tasks (network), so there it is a
 # localrule: on SLURM it runs where Snakemake runs.
 
-if STUDY.gpus:
+if STUDY.resources.gpu:
 
     localrules:
         preflight_train,

@@ -66,17 +66,6 @@ class Study:
     raw: dict = field(repr=False, default_factory=dict)  # the defaults-filled config, as written to study.yaml
 
     @property
-    def gpus(self) -> int:
-        """GPUs per train/evaluate job (``resources.gpu``; 0: a CPU study)."""
-        return self.resources.gpu
-
-    @property
-    def train_processes(self) -> int:
-        """Data-parallel processes of every training job (``resources.gpus_per_arm``):
-        one per GPU, or CPU processes on a CPU study; 1 when absent."""
-        return self.resources.gpus_per_arm or max(1, self.gpus)
-
-    @property
     def data_source(self) -> str:
         return self.data.source
 
@@ -85,10 +74,6 @@ class Study:
         """How rewards check an answer: layerbench's ``####`` regex for the
         synthetic task, ``data.hub.verifier`` (math-verify) for Hub data."""
         return self.data.hub.verifier if self.data.source == "hub" else "arith"
-
-    @property
-    def num_layers(self) -> int:
-        return self.model.decoder_layer_count
 
     @property
     def model_spec(self) -> TinyModelSpec:

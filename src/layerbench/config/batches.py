@@ -42,7 +42,7 @@ def optimizer_steps(rl: RLConfig, n_prompts: int | None = None) -> int:
     return rl.epochs * batches * batch_geometry(rl).updates_per_rollout
 
 
-def batch_problem(rl: RLConfig, processes: int = 1) -> str | None:
+def batch_problem(rl: RLConfig, gpus_per_arm: int = 1) -> str | None:
     """Batch sizes must divide evenly, or TRL would silently regroup them;
     with several training processes each takes an equal share of every
     optimizer update (the global batch stays the config's)."""
@@ -54,11 +54,11 @@ def batch_problem(rl: RLConfig, processes: int = 1) -> str | None:
     if mini_batch % micro_batch:
         return (f"rl.micro_batch_completions={micro_batch} does not divide the {mini_batch} completions of one "
                 f"optimizer update")
-    if mini_batch % (micro_batch * processes):
-        return (f"key 'resources.gpus_per_arm': {processes} processes x rl.micro_batch_completions={micro_batch} "
+    if mini_batch % (micro_batch * gpus_per_arm):
+        return (f"key 'resources.gpus_per_arm': {gpus_per_arm} processes x rl.micro_batch_completions={micro_batch} "
                 f"do not divide the {mini_batch} completions of one optimizer update (lower the micro-batch or "
                 f"use a number of GPUs that divides {mini_batch // micro_batch})")
-    if rl.use_vllm and processes % rl.vllm_tensor_parallel_size:
+    if rl.use_vllm and gpus_per_arm % rl.vllm_tensor_parallel_size:
         return (f"key 'rl.vllm_tensor_parallel_size': {rl.vllm_tensor_parallel_size} does not divide "
-                f"resources.gpus_per_arm={processes}")
+                f"resources.gpus_per_arm={gpus_per_arm}")
     return None

@@ -88,11 +88,11 @@ def cross_field_problems(study: Study) -> list[str]:
     if "seed" in repro and repro["seed"] not in study.seeds:
         out.append(f"key 'repro.seed': {repro['seed']} is not one of the study's seeds {list(study.seeds)}")
     for arm in study.trained_arms:
-        problem = batch_problem(study.rl_for(arm), study.train_processes)
+        problem = batch_problem(study.rl_for(arm), study.resources.gpus_per_arm)
         if problem:
             out.append(f"arm {arm.name}: {problem}")
     out += [f"key 'eval.suites.{i}': {p}" for i, p in _suite_problems(study.eval.suites)]
-    if study.gpus and study.resources.gpu_memory_gb:
+    if study.resources.gpu and study.resources.gpu_memory_gb:
         out += memory_problems(study, study.resources.gpu_memory_gb)
     return out
 

@@ -156,9 +156,9 @@ def study_shape(study, model_dir=None) -> ModelShape | None:
 
 def arm_plan(study, arm, gpu_memory_gb: float | None) -> TrainingPlan:
     """The TrainingPlan of one arm of a study."""
-    rl, processes = study.rl_for(arm), study.train_processes
+    rl, processes = study.rl_for(arm), study.resources.gpus_per_arm
     batch = batch_geometry(rl)
-    on_gpu = study.gpus > 0
+    on_gpu = study.resources.gpu > 0
     return TrainingPlan(
         trained_layers=trained_layers(arm), policy_dtype=rl.policy_dtype,
         ref_dtype=rl.ref_dtype, beta=rl.beta, bf16=bool(rl.bf16) if rl.bf16 is not None else on_gpu,
@@ -185,7 +185,7 @@ def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dic
         plan = arm_plan(study, arm, gpu_memory_gb)
         memory = arm_memory(shape, plan)
         dtype = study.rl_for(arm).checkpoint_dtype
-        rows.append({"arm": arm.name, "processes": study.train_processes, **{k: round(v, 2) for k, v in memory.items()},
+        rows.append({"arm": arm.name, "processes": study.resources.gpus_per_arm, **{k: round(v, 2) for k, v in memory.items()},
                      "gpu_memory_gb": gpu_memory_gb,
                      "fits": None if gpu_memory_gb is None else memory["total"] <= gpu_memory_gb,
                      "checkpoint_gb": round(checkpoint_gb(shape, plan.trained_layers, dtype), 4)})

@@ -337,11 +337,6 @@ class EvalConfig(Section):
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    @property
-    def derive(self) -> bool:
-        """Whether one generation at the largest budget gives the smaller ones."""
-        return self.derive_budgets
-
 
 @dataclass(frozen=True)
 class TrackingConfig(Section):
@@ -368,14 +363,15 @@ class Resources(Section):
 
     KEY = "resources"
     gpu: int
-    gpus_per_arm: int | None  # None: gpu
+    gpus_per_arm: int  # resolved at load: absent means gpu (one process on a CPU study)
     gpu_memory_gb: float | None  # None: read from nvidia-smi by the training preflight
     train: StageResources
     evaluate: StageResources
 
     @classmethod
     def from_dict(cls, values: dict):
-        return cls(gpu=int(values.get("gpu", 0)), gpus_per_arm=values.get("gpus_per_arm"),
+        gpu = int(values.get("gpu", 0))
+        return cls(gpu=gpu, gpus_per_arm=values.get("gpus_per_arm") or max(1, gpu),
                    gpu_memory_gb=values.get("gpu_memory_gb"),
                    train=StageResources.from_dict(values.get("train") or {}),
                    evaluate=StageResources.from_dict(values.get("evaluate") or {}))

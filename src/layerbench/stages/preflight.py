@@ -138,14 +138,14 @@ def check_memory(study: Study, report: LimitChecks, model_dir: Path | None) -> N
     from layerbench.runtime.gpuslots import gpu_memory_gb
 
     gpu_gb, source = study.resources.gpu_memory_gb, "resources.gpu_memory_gb"
-    if study.gpus and gpu_gb is None:
+    if study.resources.gpu and gpu_gb is None:
         gpu_gb, source = gpu_memory_gb(), "nvidia-smi"
-    rows = study_memory(study, gpu_gb if study.gpus else None, model_dir)
+    rows = study_memory(study, gpu_gb if study.resources.gpu else None, model_dir)
     if not rows:
         report.add("memory", "model", "warn", f"the shape of {study.model.id} is not known offline: memory and "
                    f"disk not estimated (layerbench.config.memory.KNOWN_SHAPES)")
     for row in rows:
-        if not study.gpus:
+        if not study.resources.gpu:
             against, status = "a CPU study: not compared with a GPU", "ok"
         elif gpu_gb is None:
             against, status = "GPU memory unknown (no resources.gpu_memory_gb, no nvidia-smi): not compared", "warn"

@@ -66,7 +66,7 @@ def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path) ->
     with materialized(model, base, scratch_parent=out_folder.path.parent) as model_dir:
         context, _ = study.model.context(model_dir)
         return evaluate_model(model_dir, study.eval, study.limits.eval_budgets, seed, out_folder,
-                              context_length=context, gpus=study.gpus)
+                              context_length=context, gpus=study.resources.gpu)
 
 
 def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], seed: int, out: EvalFolder,
@@ -83,7 +83,7 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
     from layerbench.runtime.numerics import start_job
 
     numerics = start_job(ev.threads)
-    derive = ev.derive if derive_budgets is None else derive_budgets
+    derive = ev.derive_budgets if derive_budgets is None else derive_budgets
     sampling_seed = seed if ev.seed is None else ev.seed
     lm = make_lm(model_dir, ev, sampling_seed, context_length, gpus)
     manager = task_manager(ev.suites)

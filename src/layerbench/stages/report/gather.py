@@ -46,7 +46,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     """Everything the template shows for one study."""
     study = paths.study
     cap = study.limits.max_completion_tokens
-    num_layers = study.num_layers
+    num_layers = study.model.decoder_layer_count
     scores = csv_or_none(paths.scores)
     contributions = csv_or_none(paths.contributions)
     verdicts = json_or_none(paths.verdicts)
@@ -249,7 +249,7 @@ def _model_name(study: Study) -> str:
     m = study.model
     if m.source == "build":
         return f"tiny Qwen2 built here ({m.build.num_layers} layers, hidden {m.build.hidden_size})"
-    return f"{m.id} ({study.num_layers} layers)"
+    return f"{m.id} ({study.model.decoder_layer_count} layers)"
 
 
 def _training_summary(rows: list[dict]) -> tuple[int, list[dict]]:

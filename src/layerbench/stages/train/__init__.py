@@ -148,7 +148,7 @@ def trl_loss(rl: RLConfig) -> dict:
 
 def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path,
               max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None,
-              processes: int = 1):
+              gpus_per_arm: int = 1):
     """GRPOConfig for one arm; every value comes from the study config.
 
     Batch geometry (all counted in completions, TRL's unit): a rollout batch
@@ -156,8 +156,8 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
     optimizer updates of ``mini_batch`` completions, each accumulated over
     forward/backward passes of ``micro_batch`` completions. With
     ``rl.epochs`` the number of optimizer steps follows from ``n_prompts``.
-    With ``processes`` data-parallel processes each pass runs on every
-    process at once, so each accumulates 1/``processes`` as many passes: the
+    With ``gpus_per_arm`` data-parallel processes each pass runs on every
+    process at once, so each accumulates 1/``gpus_per_arm`` as many passes: the
     global batches, and so the optimization, stay the config's.
 
     vLLM (``rl.use_vllm``): TRL's colocated engine, its ``max_model_len`` the
@@ -187,8 +187,8 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         output_dir=str(output_dir),
         max_steps=optimizer_steps(rl, n_prompts),
         per_device_train_batch_size=batch.micro,
-        gradient_accumulation_steps=batch.mini // (batch.micro * processes),
-        steps_per_generation=batch.per_rollout // (batch.micro * processes),
+        gradient_accumulation_steps=batch.mini // (batch.micro * gpus_per_arm),
+        steps_per_generation=batch.per_rollout // (batch.micro * gpus_per_arm),
         num_generations=rl.num_generations,
         max_completion_length=max_completion_tokens,
         learning_rate=rl.learning_rate,
@@ -232,12 +232,13 @@ def train_arm(
     out: RunFolder,
     max_prompt_tokens: int | None = None,
     verifier_name: str = "arith",
-    processes: int = 1,
+    gpus_per_arm: int = 1,
 ) -> dict:
     """Train one arm; write its run folder atomically (all or nothing).
 
-    ``processes`` is the study's (``Study.train_processes``, from
-    ``resources.gpus_per_arm``). Under a launcher (``WORLD_SIZE`` > 1, see
+    ``gpus_per_arm`` is the study's ``resources.gpus_per_arm``: the
+    data-parallel processes of the job (CPU processes on a CPU study).
+    Under a launcher (``WORLD_SIZE`` > 1, see
     ``RuleSettings.train_launcher``) every process runs this function; all
     take part in training and in gathering the rollouts, and only rank 0
     writes the run folder. A job whose launcher started another number of
@@ -257,8 +258,8 @@ def train_arm(
     )
 
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world_size != processes:
-        raise RuntimeError(f"key 'resources.gpus_per_arm': the study trains each arm with {processes} process(es), "
+    if world_size != gpus_per_arm:
+        raise RuntimeError(f"key 'resources.gpus_per_arm': the study trains each arm with {gpus_per_arm} process(es), "
                            f"but this job was launched with WORLD_SIZE={world_size}")
     rss_before_model = peak_rss_mb()
     seed_everything(seed)
@@ -276,7 +277,7 @@ def train_arm(
     with folder as tmp:
         run = RunFolder(Path(tmp))
         args = grpo_args(rl, max_completion_tokens, seed, run.scratch, max_prompt_tokens=max_prompt_tokens,
-                         n_prompts=len(records), processes=processes)
+                         n_prompts=len(records), gpus_per_arm=gpus_per_arm)
         engine_meter = engine.EngineMeter()
         with (engine.seeded_engine(seed, rl.vllm_cpu_kvcache_gb, engine_meter) if rl.use_vllm
               else contextlib.nullcontext()):
@@ -319,7 +320,7 @@ def train_arm(
             "total_parameters": sum(p.numel() for p in model.parameters()),
             "step0_rollout_sha256": step0_across_ranks(step0_by_rank),
             "step0_rollout_sha256_by_rank": step0_by_rank,
-            "processes": processes,
+            "processes": gpus_per_arm,
             "distributed": trainer.accelerator.distributed_type.value,
             "train_seconds": round(seconds, 2),
             "optimizer_steps": steps,
