@@ -13,11 +13,11 @@ from layerbench.stages import checks
 from layerbench.stages.checks import (
     IntegrityError,
     audit_parameters,
-    audit_summary,
-    check_audit,
     check_pairing,
+    check_param_audit,
     effective_rank,
-    write_audits,
+    param_audit_summary,
+    write_checks,
 )
 
 
@@ -54,12 +54,12 @@ def test_parameter_audit_catches_a_leaked_layer(small_base, tmp_path):
     assert [r["matrix"] for r in rows if r["frac_changed"]] == [
         next(n for n in names if n.startswith("model.layers.1.") and n.endswith("weight"))]
     assert {r["part"] for r in rows} == {"embed", "layers.0", "layers.1", "final_norm", "lm_head"}
-    check_audit(Arm("layer", (1,)), 1, rows)
+    check_param_audit(Arm("layer", (1,)), 1, rows)
     leaky = _leaky_copy(trained_only_1, tmp_path / "leak", 0)
     with pytest.raises(IntegrityError, match=r"layer:1 seed 1: frozen parts changed: layers.0"):
-        check_audit(Arm("layer", (1,)), 1, audit_parameters(base, leaky))
+        check_param_audit(Arm("layer", (1,)), 1, audit_parameters(base, leaky))
     with pytest.raises(IntegrityError, match="did not change: layers.1"):
-        check_audit(Arm("layer", (1,)), 1, audit_parameters(base, base))
+        check_param_audit(Arm("layer", (1,)), 1, audit_parameters(base, base))
 
 
 def test_checks_json_holds_what_the_report_shows_even_when_a_check_fails(tmp_path):
@@ -74,7 +74,7 @@ def test_checks_json_holds_what_the_report_shows_even_when_a_check_fails(tmp_pat
              for a in moved for s in (1, 2) for p in reversed(parts)]
     out = {name: tmp_path / name for name in ("pairing.csv", "param_audit.csv", "checks.json")}
     with pytest.raises(IntegrityError, match=r"(?s)parameter audit failed.*pairing check failed"):
-        write_audits(pairing, audit, out["pairing.csv"], out["param_audit.csv"], out["checks.json"])
+        write_checks(pairing, audit, out["pairing.csv"], out["param_audit.csv"], out["checks.json"])
     checks = json.loads(out["checks.json"].read_text())
 
     p = checks["pairing"]
@@ -157,9 +157,9 @@ def test_update_measures_per_tensor_are_exact(tmp_path):
     assert {(r["changed"], r["rel_change"]) for r in layer0} == {(1, (delta / size) ** 0.5)}
 
     out = {name: tmp_path / name for name in ("pairing.csv", "param_audit.csv", "checks.json")}
-    write_audits([], [{"arm": "full", "seed": 1, **r} for r in rows], *out.values())
+    write_checks([], [{"arm": "full", "seed": 1, **r} for r in rows], *out.values())
     csv = {r["matrix"]: r for r in read_csv(out["param_audit.csv"])}
-    assert list(read_csv(out["param_audit.csv"])[0]) == checks.AUDIT_COLUMNS
+    assert list(read_csv(out["param_audit.csv"])[0]) == checks.PARAM_AUDIT_COLUMNS
     assert csv["model.layers.0.self_attn.q_proj.weight"]["frac_changed"] == "0.2400"
     assert csv["model.layers.0.self_attn.q_proj.weight"]["rel_frobenius"] == f"{0.05 * 6 ** 0.5:.3e}"
     assert csv["model.layers.1.self_attn.q_proj.weight"]["effective_rank"] == "16.00"
@@ -212,7 +212,7 @@ def test_the_audit_says_which_ranks_come_from_a_truncated_svd(monkeypatch, tmp_p
     rows = audit_parameters(_save(base, tmp_path / "base"), _save(_tuned(base), tmp_path / "tuned"))
     assert [r["matrix"] for r in rows if r["erank_truncated"]] == ["model.layers.1.self_attn.q_proj.weight"]
     out = [tmp_path / name for name in ("pairing.csv", "param_audit.csv", "checks.json")]
-    update = write_audits([], [{"arm": "full", "seed": 1, **r} for r in rows], *out)["update"]
+    update = write_checks([], [{"arm": "full", "seed": 1, **r} for r in rows], *out)["update"]
     assert update["truncated"] == ["model.layers.1.self_attn.q_proj.weight"]
     # an orthogonal update has a flat spectrum: its top-8 erank is 8 of 16, a lower bound
     truncated = next(m for m in update["matrices"] if m["truncated"])
@@ -243,7 +243,7 @@ def test_checks_json_update_section_pools_the_full_arm_over_seeds(tmp_path):
         rows += [{"arm": "layer:0", "seed": seed, **r}
                  for r in audit_parameters(base_dir, _save(only0, tmp_path / f"l{seed}"))]
     out = {name: tmp_path / name for name in ("pairing.csv", "param_audit.csv", "checks.json")}
-    summary = write_audits([], rows, *out.values())
+    summary = write_checks([], rows, *out.values())
     assert json.loads(out["checks.json"].read_text()) == json.loads(json.dumps(summary))
     u = summary["update"]
     assert u["arm"] == "full" and u["seeds"] == [1, 2] and u["truncated"] == []
@@ -272,7 +272,7 @@ def test_checks_json_update_section_pools_the_full_arm_over_seeds(tmp_path):
     # the part-level audit does not depend on the rows being per tensor
     collapsed = list({(r["arm"], r["seed"], r["part"]): {k: r[k] for k in ("arm", "seed", "part", "changed")}
                       | {"rel_change": f"{r['rel_change']:.3e}"} for r in rows}.values())
-    assert summary["param_audit"] == audit_summary(collapsed)
+    assert summary["param_audit"] == param_audit_summary(collapsed)
     assert summary["param_audit"]["ok"]
     assert [c["changed"] for c in summary["param_audit"]["rows"][1]["cells"]] == [False, True, False, False, False]
 

@@ -4,7 +4,7 @@ model answers stay text), validated by the Nu HTML checker, screenshot saved
 to test-artifacts/report.png.
 
 The studies are built with layerbench's own functions (``collect``,
-``summarise``, ``run_audits`` on tiny safetensors checkpoints, the preflight
+``summarise``, ``run_checks`` on tiny safetensors checkpoints, the preflight
 ``LimitChecks``) on synthetic eval outputs: no model runs, and nothing under
 results/ is read.
 """
@@ -173,7 +173,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     from layerbench.config import study_from_dict
     from layerbench.paths import ModelFolder, StudyPaths
     from layerbench.rules import write_study_file
-    from layerbench.stages.checks import run_audits
+    from layerbench.stages.checks import run_checks
     from layerbench.stages.evaluate import summarise
     from layerbench.stages.preflight import LimitChecks
 
@@ -243,7 +243,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     atomic_write_json(paths.preflight, {"status": report.status, "checks": report.checks})
     runs = {(a.name, s): paths.run(a, s) for a in study.trained_arms for s in seeds}
     write_checkpoints(paths, tiny_state(study.model.decoder_layer_count))  # a fair study: each arm moved exactly what it trains
-    run_audits(paths.base_model, runs, paths.pairing, paths.param_audit, paths.checks)
+    run_checks(paths.base_model, runs, paths.pairing, paths.param_audit, paths.checks)
     atomic_write_json(paths.repro, {
         "arm": "layer:0", "seed": seeds[0], "bitwise_equal": True, "metrics_equal": True, "rollouts_equal": True,
         "max_abs_weight_diff": 0.0, "max_abs_metric_diff": 0.0, "device": "test CPU"})

@@ -16,7 +16,7 @@ rule checks:
         runs=P.all_runs(),
     output:
         pairing=P.pairing,
-        audit=P.param_audit,
+        param_audit=P.param_audit,
         checks=P.checks,
     params:
         lb=LB_JOB,
@@ -25,7 +25,7 @@ rule checks:
         P.logs / "checks.log",
     shell:
         "{params.lb} stage checks arms --study {params.study} --pairing {output.pairing} "
-        "--audit {output.audit} --checks {output.checks} > {log} 2>&1"
+        "--param-audit {output.param_audit} --checks {output.checks} > {log} 2>&1"
 
 
 rule checks_repro:

@@ -15,7 +15,7 @@
 * Re-run check: one (arm, seed) is trained again from scratch and compared
   with the original, per-step metrics and final weights, bitwise.
 
-``run_audits`` writes the two tables and ``checks.json``, their verdicts as
+``run_checks`` writes the two tables and ``checks.json``, their verdicts as
 the report shows them (per-seed hashes, the arm x part matrix, every
 problem), so the report never runs a check itself.
 """
@@ -34,14 +34,15 @@ from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 from layerbench.runtime.numerics import start_job
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
 PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
-AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac_changed", "rel_frobenius",
+PARAM_AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac_changed", "rel_frobenius",
                  "effective_rank"]
 # Effective rank from a truncated SVD (top LOWRANK_Q singular values) above this smaller side.
 LOWRANK_ABOVE = 1024
 LOWRANK_Q = 256
-AUDIT_THREADS = 1  # the audit is small; one thread keeps its numbers the same on every machine
+PARAM_AUDIT_THREADS = 1  # the audit is small; one thread keeps its numbers the same on every machine
 # Wall-clock figures differ between runs by nature; everything else must not.
 TIMING_COLUMNS = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
 
@@ -178,12 +179,12 @@ def part_order(part: str):
     return ({"embed": 0, "final_norm": 2, "lm_head": 3}.get(part, 4), 0)
 
 
-def check_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
+def check_param_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
     """Raise when a frozen part of ``arm`` changed or a trained part did not."""
-    _raise({"parameter audit": audit_problems(arm, seed, rows)})
+    _raise({"parameter audit": param_audit_problems(arm, seed, rows)})
 
 
-def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
+def param_audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
     if arm.kind == "full":
         return []
     allowed = {f"layers.{k}" for k in arm.layers}
@@ -197,20 +198,20 @@ def audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
     return problems
 
 
-def run_audits(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing: Path, audit: Path,
+def run_checks(base_model: Path, runs: dict[tuple[str, int], RunFolder], pairing: Path, audit: Path,
                checks: Path) -> None:
     """Audit every run's checkpoint against the base model and write the
-    results (``write_audits``); raise on any violation. The audit's
-    arithmetic (norms, singular values) runs on AUDIT_THREADS, a fixed part
+    results (``write_checks``); raise on any violation. The audit's
+    arithmetic (norms, singular values) runs on PARAM_AUDIT_THREADS, a fixed part
     of the study like every stage's thread count."""
-    start_job(AUDIT_THREADS)
+    start_job(PARAM_AUDIT_THREADS)
     audit_rows = []
     for (arm, seed), run in sorted(runs.items()):
         audit_rows += [{"arm": arm, "seed": seed, **r} for r in audit_parameters(base_model, run.checkpoint)]
-    write_audits(pairing_rows(runs), audit_rows, pairing, audit, checks)
+    write_checks(pairing_rows(runs), audit_rows, pairing, audit, checks)
 
 
-def write_audits(pairings: list[dict], audits: list[dict], pairing: Path, audit: Path, checks: Path) -> dict:
+def write_checks(pairings: list[dict], audits: list[dict], pairing: Path, audit: Path, checks: Path) -> dict:
     """Write the pairing rows (``pairing_rows``), the parameter audit rows
     (``audit_parameters`` plus arm and seed; relative changes to four digits,
     frac_changed to four decimals, effective rank to two; a tensor without a
@@ -230,8 +231,8 @@ def write_audits(pairings: list[dict], audits: list[dict], pairing: Path, audit:
                  "frac_changed": fmt(r.get("frac_changed"), ".4f"),
                  "effective_rank": fmt(r.get("effective_rank"), ".2f")} for r in audits]
     atomic_write_csv(pairing, pairings, PAIRING_COLUMNS)
-    atomic_write_csv(audit, csv_rows, AUDIT_COLUMNS)
-    audit_sum = audit_summary(csv_rows)
+    atomic_write_csv(audit, csv_rows, PARAM_AUDIT_COLUMNS)
+    audit_sum = param_audit_summary(csv_rows)
     summary = {"pairing": pairing_summary(pairings), "param_audit": audit_sum,
                "update": update_summary(audits, audit_sum["parts"])}
     atomic_write_json(checks, summary)
@@ -256,10 +257,10 @@ def pairing_summary(rows: list[dict]) -> dict:
             "rows": sorted(rows, key=lambda r: (int(r["seed"]), Arm.sort_key_of(r["arm"])))}
 
 
-def audit_summary(rows: list[dict]) -> dict:
+def param_audit_summary(rows: list[dict]) -> dict:
     """Matrix arm x part: changed in any seed, largest relative change, and
     "error" where that is not what the arm trains; the problems are
-    ``audit_problems`` of every run. Rows may be per part or per tensor (a
+    ``param_audit_problems`` of every run. Rows may be per part or per tensor (a
     part's figures repeat on its tensors' rows)."""
     parts = sorted({r["part"] for r in rows}, key=part_order)
     cells, by_run = defaultdict(list), defaultdict(list)
@@ -268,7 +269,7 @@ def audit_summary(rows: list[dict]) -> dict:
         by_run[(r["arm"], int(r["seed"]))].append(r)
     problems = []
     for (arm, seed), run_rows in sorted(by_run.items(), key=lambda kv: (Arm.sort_key_of(kv[0][0]), kv[0][1])):
-        problems += audit_problems(Arm.parse(arm), seed, run_rows)
+        problems += param_audit_problems(Arm.parse(arm), seed, run_rows)
     table = []
     for arm in sorted({r["arm"] for r in rows}, key=Arm.sort_key_of):
         a = Arm.parse(arm)
@@ -329,3 +330,24 @@ def write_repro(arm: Arm, seed: int, original: RunFolder, rerun: RunFolder, base
     if not hw["gpu_model"] and not (result["bitwise_equal"] and result["metrics_equal"]):
         raise IntegrityError(f"re-run of {arm.name} seed {seed} on CPU differs from the original: {result}")
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage checks arms|repro``."""
+    parser = stage_parser("checks", first_line(__doc__), study=False)
+    what = parser.add_subparsers(dest="what", required=True)
+    q = what.add_parser("arms", help="pairing check and parameter audit of every run")
+    for flag in ("--study", "--pairing", "--param-audit", "--checks"):
+        q.add_argument(flag, required=True)
+    q = what.add_parser("repro", help="compare a re-run with the original run")
+    for flag in ("--study", "--arm", "--original", "--rerun", "--base", "--out"):
+        q.add_argument(flag, required=True)
+    q.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.what == "repro":
+        print(write_repro(Arm.parse(args.arm), args.seed, RunFolder(Path(args.original)),
+                          RunFolder(Path(args.rerun)), Path(args.base), Path(args.out)))
+        return
+    paths = study_paths(args)
+    runs = {(a.name, s): paths.run(a, s) for a in paths.study.trained_arms for s in paths.study.seeds}
+    run_checks(paths.base_model, runs, Path(args.pairing), Path(args.param_audit), Path(args.checks))

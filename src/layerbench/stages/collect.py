@@ -44,6 +44,7 @@ from layerbench.runtime.io import (
     read_jsonl,
 )
 from layerbench.runtime.provenance import write_provenance
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
 SCORE_COLUMNS = ["arm", "seed", "task", "budget", "accuracy", "n", "truncated_rate", "finished_accuracy",
                  "mean_tokens"]
@@ -331,3 +332,16 @@ def _pick_problems(answers: dict, budgets: list[int]) -> list[tuple]:
     for rule in (disagree, lambda k: True):
         picked += [k for k in keys if k not in picked and rule(k)][: SAMPLES_PER_ARM - len(picked)]
     return picked
+
+
+OUTPUTS = ("scores", "contributions", "training", "decomposition", "ranking", "provenance", "timings", "samples",
+           "verdicts", "costs")  # collect's files, one flag each
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage collect``: every output given as a flag."""
+    parser = stage_parser("collect", first_line(__doc__))
+    for name in OUTPUTS:
+        parser.add_argument(f"--{name}", required=True)
+    args = parser.parse_args(argv)
+    collect(study_paths(args), **{name: Path(getattr(args, name)) for name in OUTPUTS})

@@ -26,6 +26,12 @@ from pathlib import Path
 from layerbench.answers import format_answer
 from layerbench.config import HubData, TaskSpec
 from layerbench.runtime.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from layerbench.runtime.stage_command import (
+    first_line,
+    require,
+    stage_parser,
+    study_paths,
+)
 
 VERBOSE_OPENING = "Let's go step by step."
 VERBOSE_CLOSING = "So the answer is"
@@ -157,3 +163,19 @@ def write_hub_splits(hub: HubData, sample_file: Path, train: Path, test: Path) -
                "dropped_without_answer": dropped, "prompt_suffix": suffix}
     print(json.dumps(summary))
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage data``: the splits of the study's data source."""
+    parser = stage_parser("data", first_line(__doc__))
+    parser.add_argument("--sample", help="downloaded Hub sample (data.source hub)")
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--sft", help="SFT demonstrations (data.source synthetic)")
+    args = parser.parse_args(argv)
+    data = study_paths(args).study.data
+    require(parser, args, f"for data.source: {data.source}", "--sample" if data.source == "hub" else "--sft")
+    if data.source == "hub":
+        write_hub_splits(data.hub, Path(args.sample), Path(args.train), Path(args.test))
+    else:
+        write_splits(data.synthetic, Path(args.train), Path(args.test), Path(args.sft))

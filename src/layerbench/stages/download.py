@@ -45,6 +45,12 @@ from layerbench.runtime.io import (
     link_or_copy,
     sha256_file,
 )
+from layerbench.runtime.stage_command import (
+    STUDY_HELP,
+    first_line,
+    stage_parser,
+    study_paths,
+)
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.py", "merges.txt", "vocab.json"]
 
@@ -232,3 +238,28 @@ def benchmark_exports(paths) -> list[str]:
         if p.parent == Path("results/benchmarks") and p.suffix == ".jsonl" and p.stem in EXPORTS:
             out.append(path)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage download model|data|eval-tasks|benchmark``."""
+    parser = stage_parser("download", first_line(__doc__), study=False)
+    what = parser.add_subparsers(dest="what", required=True)
+    for name, help in (("model", "snapshot of model.id at model.revision"), ("data", "seeded sample of data.hub"),
+                       ("eval-tasks", "build (and cache) the study's lm-eval Hub tasks")):
+        q = what.add_parser(name, help=help)
+        q.add_argument("--study", required=True, help=STUDY_HELP)
+        q.add_argument("--out", required=True)
+    q = what.add_parser("benchmark", help="a local eval task's problems (benchmarks/README.md)")
+    q.add_argument("name", help="amc or olympiadbench")
+    q.add_argument("--out", required=True, help="jsonl to write, e.g. results/benchmarks/amc.jsonl")
+    args = parser.parse_args(argv)
+    if args.what == "benchmark":
+        print(export_benchmark(args.name, Path(args.out)))
+        return
+    study = study_paths(args).study
+    if args.what == "model":
+        print(download_model(study.model, Path(args.out)))
+    elif args.what == "data":
+        print(draw_sample(study.data.hub, Path(args.out)))
+    else:
+        print(cache_eval_tasks(study.eval.suites, Path(args.out)))

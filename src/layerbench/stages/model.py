@@ -26,6 +26,7 @@ from layerbench.paths import ModelFolder
 from layerbench.runtime.io import atomic_directory, atomic_write_json, read_jsonl
 from layerbench.runtime.numerics import start_job
 from layerbench.runtime.seeding import seed_everything
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
 EOS = "<|endoftext|>"
 
@@ -166,3 +167,12 @@ def build_base_model(sft_path: Path, out_dir: Path, spec: TinyModelSpec) -> dict
         model.generation_config.save_pretrained(tmp)
         atomic_write_json(ModelFolder(tmp).build_summary, summary)
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage model``: the tiny base model from the SFT demonstrations."""
+    parser = stage_parser("model", first_line(__doc__))
+    parser.add_argument("--sft", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    print(build_base_model(Path(args.sft), Path(args.out), study_paths(args).study.model.build))

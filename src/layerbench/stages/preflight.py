@@ -37,6 +37,12 @@ from layerbench.runtime.io import (
     atomic_write_text,
     read_jsonl,
 )
+from layerbench.runtime.stage_command import (
+    first_line,
+    require,
+    stage_parser,
+    study_paths,
+)
 
 LM_EVAL_DEFAULT_MAX_GEN_TOKS = 256
 
@@ -362,3 +368,22 @@ def run_preflight(study: Study, model_dir: Path | None, train_file: Path, paths:
     except PreflightError:
         pass  # its checks are in preflight_train.json, which eval_preflight reports with its own
     return eval_preflight(study, model_dir, paths.preflight_train, paths.preflight)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage preflight train|eval``."""
+    parser = stage_parser("preflight", first_line(__doc__))
+    parser.add_argument("part", choices=("train", "eval"))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", help="training prompts (train)")
+    parser.add_argument("--kept", help="the prompts that pass the prompt policy (train)")
+    parser.add_argument("--train-checks", help="preflight_train.json (eval)")
+    args = parser.parse_args(argv)
+    study = study_paths(args).study
+    if args.part == "train":
+        require(parser, args, "for part train", "--train", "--kept")
+        train_preflight(study, Path(args.model), Path(args.train), Path(args.out), Path(args.kept))
+    else:
+        require(parser, args, "for part eval", "--train-checks")
+        eval_preflight(study, Path(args.model), Path(args.train_checks), Path(args.out))

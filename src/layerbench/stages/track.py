@@ -24,6 +24,7 @@ from pathlib import Path
 
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import atomic_write_json, read_csv
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -209,3 +210,11 @@ def track_study(paths: StudyPaths, out: Path) -> dict:
               "parent_run_id": parent, "child_run_ids": children}
     atomic_write_json(out, record)
     return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage track``."""
+    parser = stage_parser("track", first_line(__doc__))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    print(track_study(study_paths(args), Path(args.out)))

@@ -45,6 +45,7 @@ from layerbench.runtime.io import (
     atomic_write_json,
     atomic_write_jsonl,
 )
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 from layerbench.stages.evaluate.backends import (
     Generation,
     decoding_kwargs,
@@ -194,3 +195,14 @@ def _check_against_lm_eval(task, sample: dict, gens: list[Generation], decode, f
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage evaluate``."""
+    parser = stage_parser("evaluate", first_line(__doc__))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--base", required=True, help="the base model (a layer arm's checkpoint holds only its layers)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    print(evaluate_arm(study_paths(args).study, Path(args.model), Path(args.base), args.seed, Path(args.out)))

@@ -21,6 +21,7 @@ from pathlib import Path
 from layerbench.config import Arm
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import atomic_write_text
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 from layerbench.stages.report.gather import study_view
 
 
@@ -53,3 +54,11 @@ def render_page(views: list[dict], title: str, comparison: dict | None = None) -
 def render_study_report(paths: StudyPaths, out: Path) -> Path:
     view = study_view(paths)
     return atomic_write_text(out, render_page([view], f"layerbench: {paths.study.name}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage report``."""
+    parser = stage_parser("report", first_line(__doc__))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    render_study_report(study_paths(args), Path(args.out))

@@ -45,6 +45,7 @@ from layerbench.runtime.io import (
     read_jsonl,
 )
 from layerbench.runtime.seeding import seed_everything
+from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
 ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward"]
 
@@ -349,3 +350,20 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``layerbench stage train``: one (arm, seed) with the study's settings for that arm."""
+    parser = stage_parser("train", first_line(__doc__))
+    parser.add_argument("--arm", required=True, help="config or path form: layer:3 or layer-3")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    study = study_paths(args).study
+    arm = Arm.parse(args.arm)
+    print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
+                    study.limits.max_completion_tokens, RunFolder(Path(args.out)),
+                    max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
+                    gpus_per_arm=study.resources.gpus_per_arm))

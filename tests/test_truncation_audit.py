@@ -1,4 +1,4 @@
-"""``layerbench audit`` on a samples file made by stock lm-eval (hf backend)."""
+"""``layerbench truncation-audit`` on a samples file made by stock lm-eval (hf backend)."""
 
 import json
 import subprocess
@@ -42,7 +42,7 @@ def test_audit_flags_exactly_the_answers_that_hit_the_budget(small_base, stock_s
     evaluate_model(small_base["model"], replace(study.eval, suites=(suite,)), (BUDGET,), 1, EvalFolder(tmp_path / "ours"))
     truth = {r["doc_id"]: r["finish_reason"] == "length"
              for r in map(json.loads, (tmp_path / "ours" / "generations_layerbench_arith.jsonl").open())}
-    run = subprocess.run([sys.executable, "-m", "layerbench", "audit", str(stock_samples), "--tokenizer",
+    run = subprocess.run([sys.executable, "-m", "layerbench", "truncation-audit", str(stock_samples), "--tokenizer",
                           str(small_base["model"]), "--json"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     audit = json.loads(run.stdout)
@@ -56,9 +56,9 @@ def test_audit_flags_exactly_the_answers_that_hit_the_budget(small_base, stock_s
 
 
 def test_audit_prints_a_table_and_needs_a_tokenizer(stock_samples, small_base):
-    run = subprocess.run([sys.executable, "-m", "layerbench", "audit", str(stock_samples), "--tokenizer",
+    run = subprocess.run([sys.executable, "-m", "layerbench", "truncation-audit", str(stock_samples), "--tokenizer",
                           str(small_base["model"])], capture_output=True, text=True)
     assert run.returncode == 0 and "hit the budget" in run.stdout and "accuracy, finished" in run.stdout
-    missing = subprocess.run([sys.executable, "-m", "layerbench", "audit", str(stock_samples)],
+    missing = subprocess.run([sys.executable, "-m", "layerbench", "truncation-audit", str(stock_samples)],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "--tokenizer is required" in missing.stderr

@@ -1,4 +1,4 @@
-"""``layerbench audit SAMPLES.jsonl``: truncation in an lm-eval samples file made anywhere.
+"""``layerbench truncation-audit SAMPLES.jsonl``: truncation in an lm-eval samples file made anywhere.
 
 Stock lm-eval keeps only response text, so token counts come from
 re-tokenising each response with the model's tokenizer. A response is
@@ -56,7 +56,7 @@ def _filtered(sample: dict):
     return value
 
 
-def audit_samples(path: Path, tokenizer, max_gen_toks: int | None = None) -> dict:
+def truncation_audit_samples(path: Path, tokenizer, max_gen_toks: int | None = None) -> dict:
     rows = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -133,18 +133,18 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def audit_command(samples: Path, tokenizer_id: str | None, max_gen_toks: int | None, as_json: bool) -> int:
+def truncation_audit_command(samples: Path, tokenizer_id: str | None, max_gen_toks: int | None, as_json: bool) -> int:
     if not tokenizer_id:
-        print("layerbench audit: --tokenizer is required (a model directory or Hub id): lm-eval samples keep "
+        print("layerbench truncation-audit: --tokenizer is required (a model directory or Hub id): lm-eval samples keep "
               "text, not tokens", file=sys.stderr)
         return 2
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_id)
-        result = audit_samples(samples, tokenizer, max_gen_toks)
+        result = truncation_audit_samples(samples, tokenizer, max_gen_toks)
     except (OSError, ValueError) as exc:
-        print(f"layerbench audit: {exc}", file=sys.stderr)
+        print(f"layerbench truncation-audit: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if as_json else format_table(result))
     return 0
