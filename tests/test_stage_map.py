@@ -52,7 +52,7 @@ def test_each_stage_has_its_command_and_module_under_one_name():
 def test_help_lists_the_user_commands_before_the_stage_group():
     out = subprocess.run([sys.executable, "-m", "layerbench", "--help"], capture_output=True, text=True).stdout
     commands = re.findall(r"^    ([a-z-]+)", out, re.M)
-    assert commands == ["contribution", "truncation-audit", "check-limits", "compare", "readme-table", "weight-hashes", "stage"]
+    assert commands == ["contribution", "truncation-audit", "check-limits", "compare", "readme-table", "weight-hashes", "numerics-probe", "stage"]
 
 
 def _lint_imports(*args: str) -> subprocess.CompletedProcess:

@@ -4,7 +4,8 @@ User commands: ``contribution`` (C(k) from any scores table), ``truncation-audit
 (truncation in any lm-eval samples file), ``check-limits`` (a study config's
 token limits, offline), ``compare`` (two studies side by side),
 ``readme-table`` (the README's results block from a run), ``weight-hashes``
-(every weight file's sha256, to compare machines).
+(every weight file's sha256, to compare machines), ``numerics-probe`` (which
+kernel's bits differ on this CPU).
 
 Stage commands: ``layerbench stage <name> FLAGS``, one per DAG stage, named as
 its rule file (``workflow/rules/<name>.smk``) and its module
@@ -60,6 +61,13 @@ def cmd_weight_hashes(args) -> int:
 
     return weight_hashes_command(Path(args.results), Path(args.check) if args.check else None,
                                  Path(args.write) if args.write else None)
+
+
+def cmd_numerics_probe(args) -> int:
+    from layerbench.commands.numerics_probe import numerics_probe_command
+
+    return numerics_probe_command(Path(args.check) if args.check else None, Path(args.write) if args.write else None,
+                                  args.numerics)
 
 
 # --- stage commands -------------------------------------------------------------
@@ -139,6 +147,16 @@ def _user_commands(sub) -> None:
                                                              "e.g. docs/default-study/weights.sha256")
     mode.add_argument("--write", metavar="SHA256SUMS", help="write the hashes in sha256sum's format")
     p.set_defaults(func=cmd_weight_hashes)
+
+    p = sub.add_parser("numerics-probe", help="sha256 of each kernel the default study runs, under portable "
+                                              "numerics at 1 and 2 threads: which one differs on this CPU")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", metavar="CSV", help="exit 1 listing the probes that differ, "
+                                                      "e.g. docs/default-study/numerics_probe.csv")
+    mode.add_argument("--write", metavar="CSV", help="write the probes' hashes, the CPU named in every row")
+    p.add_argument("--numerics", choices=("portable", "native"), default="portable",
+                   help="the mode to probe (native: this CPU's fastest kernels, to see what portable changes)")
+    p.set_defaults(func=cmd_numerics_probe)
 
 
 def build_parser() -> argparse.ArgumentParser:
