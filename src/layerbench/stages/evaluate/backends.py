@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.config import EvalConfig
+from layerbench.runtime.progress import Progress
 
 FINISH_EOS, FINISH_STOP, FINISH_LENGTH = "eos", "stop", "length"
 
@@ -62,6 +63,21 @@ def trim_generation(generated: list[int], stop: list[str], eos_ids: set[int], de
     return Generation(tuple(generated[:budget]), FINISH_LENGTH, budget, tuple(stop))
 
 
+class AnswerProgress:
+    """The evaluate job's progress line (``runtime.progress``): answers done of
+    one task's requests, and the share of them cut off at the budget so far."""
+
+    def __init__(self, requests):
+        task = requests[0].task_name if requests else "?"
+        self.progress = Progress(f"evaluate {task}", len(requests), unit="answer")
+        self.done = self.cut = 0
+
+    def record(self, gen: Generation) -> None:
+        self.done += 1
+        self.cut += gen.finish_reason == FINISH_LENGTH
+        self.progress.update(self.done, truncated=self.cut / self.done)
+
+
 @functools.cache
 def _recording_model_class():
     """Define and register ``layerbench-hf`` on first use (lm-eval imports are slow)."""
@@ -87,10 +103,12 @@ def _recording_model_class():
                 key = tuple(t for t, k in zip(ctx, keep) if k)
                 gen = trim_generation(row[width:], stop, {self.eot_token_id}, self.tok_decode, max_length - width)
                 self._by_context.setdefault(key, []).append(gen)
+                self.progress.record(gen)
             return out
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             self._by_context.clear()
+            self.progress = AnswerProgress(requests)
             out = super().generate_until(requests, disable_tqdm)
             for request in requests:
                 key = tuple(self.tok_encode(request.args[0])[-self.max_length :])
@@ -149,6 +167,7 @@ def _recording_vllm_class():
                 for ctx, sp, output in zip(requests, params, outputs):
                     gen = generation_from_vllm(output.outputs[0], sp.stop, sp.max_tokens)
                     self._by_context.setdefault(tuple(ctx), []).append(gen)
+                    self.progress.record(gen)
             return outputs
 
         def _seed_request(self, ctx: tuple[int, ...], sp):
@@ -165,6 +184,7 @@ def _recording_vllm_class():
         def generate_until(self, requests, disable_tqdm: bool = False):
             self._by_context.clear()
             self._seeded.clear()
+            self.progress = AnswerProgress(requests)
             out = super().generate_until(requests, disable_tqdm)
             for request in requests:
                 key = tuple(self.tok_encode(request.args[0]))

@@ -44,6 +44,7 @@ from layerbench.runtime.io import (
     atomic_write_json,
     read_jsonl,
 )
+from layerbench.runtime.progress import Progress
 from layerbench.runtime.seeding import seed_everything
 from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
@@ -136,6 +137,24 @@ def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
             "rollouts/reward_mean": sum(r["reward"] for r in group) / len(group),
         }
     return out
+
+
+def progress_callback(what: str, steps: int):
+    """A TrainerCallback writing the job's progress line (``runtime.progress``)
+    from each optimizer step's logged reward and truncated share (TRL's
+    ``completions/clipped_ratio``: completions with no EOS within the cap)."""
+    from transformers import TrainerCallback
+
+    class ProgressLine(TrainerCallback):
+        def __init__(self):
+            self.progress = Progress(what, steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                self.progress.update(state.global_step, reward=logs["reward"],
+                                     truncated=logs.get("completions/clipped_ratio"))
+
+    return ProgressLine()
 
 
 def trl_loss(rl: RLConfig) -> dict:
@@ -293,6 +312,8 @@ def train_arm(
             engine.attach(trainer, model, engine_meter)
         input_grads_blocked = stop_backward_at_arm(model, trainer.args, embeddings_frozen=arm.kind != "full")
         meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
+        if rank == 0:
+            trainer.add_callback(progress_callback(f"train {arm.name} seed {seed}", steps))
         trainer.train()
         seconds = time.perf_counter() - started
         checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
