@@ -197,10 +197,20 @@ def pytest_configure(config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
-    """Mark the tests that wait for a background run slow, before ``-m`` deselects."""
+    """Mark the tests that wait for a background run slow, before ``-m`` deselects;
+    then order them by what they wait for (``background_wait``), so everything
+    that needs no background run, the container build among it, runs while
+    the background runs compute instead of after them."""
     for item in items:
         if SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=background_wait)  # stable: file order within each group
+
+
+def background_wait(item) -> int:
+    """0: needs no background run; 1: the small study's (``study_runs``); 2: the rehearsals, which finish last."""
+    names = set(getattr(item, "fixturenames", ()))
+    return 2 if "rehearsals" in names else 1 if "study_runs" in names else 0
 
 
 class BackgroundRuns:
@@ -232,27 +242,34 @@ BASE_ONLY = ("qwen3-1.7b-grpo-scripts-greedy", "qwen3-1.7b-grpo-paper", "qwen3-4
              "qwen3-4b-grpo-scripts", "qwen3-8b-grpo-paper", "qwen3-8b-grpo-scripts")
 
 
+# Rehearsals run in this many chains at once, after the mirror: most of their jobs use one
+# thread (rl.threads, eval.threads), so one chain alone leaves a core idle at the end of the suite.
+REHEARSAL_CHAINS = 2
+
+
 def rehearsal_configfiles(study: str) -> list[str]:
     return [f"config/paper/{study}.yaml", "config/paper/rehearsal/common.yaml", f"config/paper/rehearsal/{study}.yaml"]
 
 
 def _start_rehearsals(config) -> None:
     """Build the offline Hub mirror, then run every rehearsed study through
-    Snakemake, in one background shell (each study's log and exit status land
-    in its folder)."""
+    Snakemake, in one background shell, REHEARSAL_CHAINS studies at a time
+    (each study's log and exit status land in its folder)."""
     base = Path(tempfile.mkdtemp(prefix="layerbench-rehearsal-"))
     home = base / "hf-home"
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **OFFLINE, "HF_HOME": str(home)}
     lines = ["set -u", f"{sys.executable} {ROOT / 'tests' / 'hub_mirror.py'} {home} > {base}/mirror.log 2>&1 || exit 1"]
-    runs = {}
-    for study in REHEARSED + BASE_ONLY:
+    runs, chains = {}, [[] for _ in range(REHEARSAL_CHAINS)]
+    for i, study in enumerate(REHEARSED + BASE_ONLY):
         work = study_workdir(base / study)
         runs[study] = work
         targets = ["all", "checks_repro"] if study == REHEARSED[0] else ["all"]
         arms = [] if study in REHEARSED else ["--config", "arms=[base,full]"]
         command = [sys.executable, "-m", "snakemake", *targets, "-s", str(ROOT / "Snakefile"), "--directory",
                    str(work), "--cores", "2", *arms, "--configfile", *rehearsal_configfiles(study)]
-        lines.append(f"(cd {work} && {' '.join(command)} > snakemake.log 2>&1; echo $? > snakemake.rc)")
+        chains[i % REHEARSAL_CHAINS].append(f"(cd {work} && {' '.join(command)} > snakemake.log 2>&1; "
+                                            "echo $? > snakemake.rc)")
+    lines += ["(" + "\n".join(chain) + ") &" for chain in chains] + ["wait"]
     proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config.stash[_REHEARSAL] = {"base": base, "home": home, "work": runs, "runs": {"all": (None, proc)}}

@@ -119,27 +119,47 @@ def demonstrations(suffix: str, n: int = 240, seed: int = 0) -> list[dict]:
             for problem, solution, _ in (latex_arith(rng) for _ in range(n))]
 
 
+def untied_copy(tied: Path, out: Path) -> Path:
+    """``tied`` with an output head of its own, equal to its input embeddings:
+    an untied checkpoint (as Qwen3-8B-Base is) without a second SFT run, so
+    the mirror trains one tiny model per (architecture, context length)."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tied, out)
+    model = AutoModelForCausalLM.from_pretrained(tied)
+    head = model.get_input_embeddings().weight.detach().clone()
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = type(model.lm_head.weight)(head)
+    model.save_pretrained(out)
+    return out
+
+
 def build_models(home: Path, scratch: Path, paper_dir: Path, suffix: str, num_layers: int = 2,
                  sft_steps: int = 400) -> dict[str, Path]:
     """A tiny SFT-trained model per shape (architecture, context length, tied
     embeddings) of the paper configs, cached under each paper model id;
-    returns {model id: snapshot}."""
+    returns {model id: snapshot}. One SFT run per (architecture, context
+    length), tied; an untied shape is that model with its head copied
+    (``untied_copy``)."""
     from layerbench.config import TinyModelSpec
     from layerbench.runtime.io import atomic_write_jsonl
     from layerbench.stages.model import build_base_model
 
     sft = atomic_write_jsonl(scratch / "sft.jsonl", demonstrations(suffix))
     built, snapshots = {}, {}
-    for repo_id, shape in paper_models(paper_dir).items():
+    for repo_id, shape in sorted(paper_models(paper_dir).items(), key=lambda kv: not kv[1][2]):  # tied first
         if shape not in built:
             architecture, context, tied = shape
             out = scratch / f"{architecture}-{context}-{'tied' if tied else 'untied'}"
-            spec = TinyModelSpec.defaults(architecture=architecture, num_layers=num_layers, max_positions=context,
-                                          tie_word_embeddings=tied, sft_steps=sft_steps)
-            build_base_model(sft, out, spec)
-            config = out / "tokenizer_config.json"
-            config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": CHATML}, indent=2))
-            built[shape] = out
+            if not tied and (architecture, context, True) in built:
+                built[shape] = untied_copy(built[(architecture, context, True)], out)
+            else:
+                spec = TinyModelSpec.defaults(architecture=architecture, num_layers=num_layers, max_positions=context,
+                                              tie_word_embeddings=tied, sft_steps=sft_steps)
+                build_base_model(sft, out, spec)
+                config = out / "tokenizer_config.json"
+                config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": CHATML}, indent=2))
+                built[shape] = out
         snapshots[repo_id] = write_model(home, repo_id, built[shape])
     return snapshots
 

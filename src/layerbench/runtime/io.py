@@ -60,7 +60,9 @@ def atomic_write_jsonl(path: Path | str, records: Iterable[dict]) -> Path:
 
 
 def sha256_file(path: Path | str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Streamed in chunks: a multi-GB weight shard is never held in memory whole."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def link_or_copy(source: Path, dest: Path) -> None:

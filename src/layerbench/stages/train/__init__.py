@@ -273,7 +273,7 @@ def train_arm(
     from layerbench.stages.train import engine
     from layerbench.stages.train.cost import (
         CostMeter,
-        peak_rss_mb,
+        current_rss_mb,
         stop_backward_at_arm,
     )
 
@@ -281,7 +281,7 @@ def train_arm(
     if world_size != gpus_per_arm:
         raise RuntimeError(f"key 'resources.gpus_per_arm': the study trains each arm with {gpus_per_arm} process(es), "
                            f"but this job was launched with WORLD_SIZE={world_size}")
-    rss_before_model = peak_rss_mb()
+    rss_before_model = current_rss_mb()
     seed_everything(seed)
     numerics = start_job(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")

@@ -80,6 +80,7 @@ class CostMeter(TrainerCallback):
         self.rollouts = 0
         self.backward_calls: Counter = Counter()
         self._marks: dict[str, float] = {}
+        self.peak_rss_train_mb: float | None = None
 
     # --- clocks -----------------------------------------------------------------
     def now(self) -> float:
@@ -129,6 +130,9 @@ class CostMeter(TrainerCallback):
         if self.use_cuda:
             torch.cuda.reset_peak_memory_stats()
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.peak_rss_train_mb = peak_rss_mb()  # before the checkpoint is saved: the peak the estimate models
+
     def on_step_begin(self, args, state, control, **kwargs):
         self._marks["step"] = self.now()
 
@@ -166,7 +170,7 @@ class CostMeter(TrainerCallback):
                                        "backward": round(seconds["forward_backward"] - s["loss_forward"], 4)},
             "per_step": {**{k: round(v / steps, 5) for k, v in seconds.items() if k != "other"},
                          "step": round(s["step"] / steps, 5)},
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": self.peak_rss_train_mb,
             "rss_before_model_mb": self.rss_before_model_mb,
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.use_cuda else None,
             "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
@@ -179,6 +183,17 @@ class CostMeter(TrainerCallback):
 def peak_rss_mb() -> float:
     """This process's largest resident memory so far, in MB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux: VmRSS; elsewhere the
+    peak so far). Not the peak: a transient while importing libraries is not
+    the baseline the model's memory is measured above."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(round(int(line.split()[1]) / 1024, 1) for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return peak_rss_mb()
 
 
 def optimizer_state_bytes(optimizer) -> int:
