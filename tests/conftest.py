@@ -269,9 +269,10 @@ def _start_rehearsals(config) -> None:
                    str(work), "--cores", "2", *arms, "--configfile", *rehearsal_configfiles(study)]
         chains[i % REHEARSAL_CHAINS].append(f"(cd {work} && {' '.join(command)} > snakemake.log 2>&1; "
                                             "echo $? > snakemake.rc)")
-    lines += ["(" + "\n".join(chain) + ") &" for chain in chains] + ["wait"]
-    proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines += ["(\n" + "\n".join(chain) + "\n) &" for chain in chains] + ["wait"]
+    with open(base / "rehearsals.log", "w") as log:  # the shell's own errors
+        proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], env=env, start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT)
     config.stash[_REHEARSAL] = {"base": base, "home": home, "work": runs, "runs": {"all": (None, proc)}}
 
 
@@ -282,7 +283,9 @@ def rehearsals(request) -> dict:
     proc = started["runs"]["all"][1]
     proc.wait(timeout=2400)
     mirror_log = started["base"] / "mirror.log"
-    assert proc.returncode == 0, f"building the Hub mirror failed: {mirror_log.read_text()[-4000:]}"
+    assert proc.returncode == 0, (f"the rehearsals' shell exited {proc.returncode}: "
+                                  f"{(started['base'] / 'rehearsals.log').read_text()[-2000:]}\n"
+                                  f"mirror.log: {mirror_log.read_text()[-4000:]}")
     for study, work in started["work"].items():
         rc = (work / "snakemake.rc").read_text().strip()
         assert rc == "0", f"{study}: snakemake exited {rc}: {(work / 'snakemake.log').read_text()[-6000:]}"

@@ -118,10 +118,10 @@ def test_a_delta_over_another_base_is_refused_naming_both_hashes(tiny, tmp_path)
         load_state(tmp_path / "ckpt", other)
     assert recorded in str(refused.value) and actual in str(refused.value) and str(tmp_path / "ckpt") in str(
         refused.value)
-    scratch = tmp_path / "scratch"
-    with pytest.raises(IntegrityError), materialized(tmp_path / "ckpt", other, scratch):
+    output = tmp_path / "eval" / "seed1"
+    with pytest.raises(IntegrityError), materialized(tmp_path / "ckpt", other, output):
         pass
-    assert list(scratch.iterdir()) == []
+    assert list(output.parent.iterdir()) == []
 
 
 def test_a_delta_tensor_with_no_place_in_the_base_is_refused(tiny, tmp_path):
@@ -138,9 +138,9 @@ def test_materialized_is_a_whole_model_that_is_gone_after_the_block(tiny, tmp_pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _save(tiny, LAYER, tmp_path / "ckpt")
-    scratch = tmp_path / "eval"
-    with materialized(tmp_path / "ckpt", tiny.base, scratch) as model_dir:
-        assert model_dir.parent == scratch
+    scratch, output = tmp_path / "eval", tmp_path / "eval" / "seed1"
+    with materialized(tmp_path / "ckpt", tiny.base, output) as model_dir:
+        assert model_dir.parent == scratch and model_dir.name.startswith(".seed1.materialized-")
         assert {p.name for p in model_dir.iterdir()} == {p.name for p in tiny.base.iterdir()}
         loaded = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
         want = _expected(tiny, LAYER)
@@ -148,14 +148,34 @@ def test_materialized_is_a_whole_model_that_is_gone_after_the_block(tiny, tmp_pa
         assert AutoTokenizer.from_pretrained(model_dir).get_vocab() == tiny.tokenizer.get_vocab()
     assert list(scratch.iterdir()) == []
     with pytest.raises(RuntimeError, match="lm-eval failed"):
-        with materialized(tmp_path / "ckpt", tiny.base, scratch):
+        with materialized(tmp_path / "ckpt", tiny.base, output):
             raise RuntimeError("lm-eval failed")
     assert list(scratch.iterdir()) == []
     _save(tiny, Arm("full"), tmp_path / "full")
     for whole in (tmp_path / "full", tiny.base):  # read where they are
-        with materialized(whole, tiny.base, scratch) as model_dir:
+        with materialized(whole, tiny.base, output) as model_dir:
             assert model_dir == whole
     assert list(scratch.iterdir()) == []
+
+
+def test_scratch_a_killed_job_left_is_removed_by_its_rerun_only(tiny, tmp_path):
+    """SIGKILL skips every cleanup: the scratch folders of a killed train
+    (atomic run folder) or evaluate (materialized delta) job stay behind.
+    The rerun of the same job removes them; another job's are left alone."""
+    from layerbench.runtime.io import atomic_directory
+
+    _save(tiny, LAYER, tmp_path / "ckpt")
+    runs, evals = tmp_path / "runs" / "layer-1", tmp_path / "eval" / "layer-1"
+    left = [runs / ".seed1.k1ll3d00.tmp", evals / ".seed1.materialized-k1ll3d00.tmp"]
+    other = [runs / ".seed2.k1ll3d00.tmp", evals / ".seed2.materialized-k1ll3d00.tmp"]
+    for folder in left + other:
+        folder.mkdir(parents=True)
+    with atomic_directory(runs / "seed1") as scratch:
+        (scratch / "summary.json").write_text("{}")
+    with materialized(tmp_path / "ckpt", tiny.base, evals / "seed1"):
+        pass
+    assert not any(p.exists() for p in left) and all(p.exists() for p in other)
+    assert (runs / "seed1" / "summary.json").is_file()
 
 
 def test_single_layer_checkpoints_of_the_study_are_a_fraction_of_the_full_one(study_runs):

@@ -32,6 +32,7 @@ NO_DEFAULT = {
     "rl.loss_type": "absent: the algorithm's loss type",
     "rl.bf16": "absent: TRL's own default",
     "rl.ref_dtype": "absent: the policy's dtype",
+    "rl.save_every": "absent: no resumable checkpoint until the run ends",
     "eval.suites[].include_path": "absent: an lm-eval task",
     "eval.suites[].data_files": "absent: the task's own dataset",
     "eval.suites[].metric": "absent: the task's first metric",

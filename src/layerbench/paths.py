@@ -34,6 +34,12 @@ class RunFolder:
         return self.path / "trainer"
 
     @property
+    def resume(self) -> Path:
+        """Beside the run folder, not in it: it must outlive a killed job
+        (``stages.train.resume``); removed once the run is published."""
+        return self.path.parent / f"{self.path.name}.resume"
+
+    @property
     def metrics(self) -> Path:
         return self.path / "metrics.csv"
 

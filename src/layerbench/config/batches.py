@@ -58,6 +58,10 @@ def batch_problem(rl: RLConfig, gpus_per_arm: int = 1) -> str | None:
         return (f"key 'resources.gpus_per_arm': {gpus_per_arm} processes x rl.micro_batch_completions={micro_batch} "
                 f"do not divide the {mini_batch} completions of one optimizer update (lower the micro-batch or "
                 f"use a number of GPUs that divides {mini_batch // micro_batch})")
+    if rl.save_every and rl.save_every % batch.updates_per_rollout:
+        return (f"key 'rl.save_every': {rl.save_every} is not a multiple of the {batch.updates_per_rollout} optimizer "
+                f"updates made from one rollout batch; a checkpoint inside a rollout batch could not resume "
+                f"bit-identically (use a multiple of {batch.updates_per_rollout})")
     if rl.use_vllm and gpus_per_arm % rl.vllm_tensor_parallel_size:
         return (f"key 'rl.vllm_tensor_parallel_size': {rl.vllm_tensor_parallel_size} does not divide "
                 f"resources.gpus_per_arm={gpus_per_arm}")

@@ -266,15 +266,17 @@ class RLConfig(Section):
     ref_dtype: str | None
     policy_dtype: str
     checkpoint_dtype: str
+    save_every: int | None
 
     def identity(self) -> dict[str, Any]:
         """What distinguishes this arm's training: every field, except the
-        GPU-era fields while they hold their schema defaults (stable fingerprints)."""
+        GPU-era fields while they hold their schema defaults (stable
+        fingerprints) and ``save_every``, which changes no bit of the result."""
         from layerbench.config.schema import defaults_at
 
         later = {k: defaults_at(self.KEY).get(k) for k in _RL_LATER_FIELDS}
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if not (f.name in later and getattr(self, f.name) == later[f.name])}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "save_every"
+                and not (f.name in later and getattr(self, f.name) == later[f.name])}
 
 
 _RL_LATER_FIELDS = frozenset({

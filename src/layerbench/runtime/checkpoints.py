@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from layerbench.paths import CheckpointFolder
-from layerbench.runtime.io import atomic_write_json, link_or_copy, sha256_file
+from layerbench.runtime.io import atomic_write_json, link_or_copy, scratch_beside, sha256_file
 
 DELTA_FORMAT = "layerbench-layer-delta"
 DELTA_VERSION = 1
@@ -145,19 +144,18 @@ def load_state(checkpoint_dir: Path, base_dir: Path) -> dict:
 
 
 @contextmanager
-def materialized(checkpoint_dir: Path, base_dir: Path, scratch_parent: Path) -> Iterator[Path]:
+def materialized(checkpoint_dir: Path, base_dir: Path, beside: Path) -> Iterator[Path]:
     """A whole Hugging Face model folder for ``checkpoint_dir``, for readers
     that load only those: a full checkpoint (or a base model) is one already;
-    a delta becomes a temporary folder under ``scratch_parent`` (put it on
-    the disk of the job's output) with the base's config and tokenizer files
+    a delta becomes a temporary folder beside ``beside`` (the job's output:
+    same disk; one a killed job left is removed first) with the base's config and tokenizer files
     and ``model.safetensors`` from ``load_state``, removed when the block
     ends, on errors too. Its tensors are the base's names (a tied base has
     no ``lm_head.weight``: neither has this)."""
     if not is_delta(checkpoint_dir):
         yield Path(checkpoint_dir)
         return
-    Path(scratch_parent).mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=scratch_parent, prefix=".materialized-", suffix=".tmp"))
+    folder = scratch_beside(Path(beside), "materialized-")
     try:
         from safetensors.torch import save_file
 

@@ -79,13 +79,28 @@ def read_csv(path: Path | str) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def scratch_beside(path: Path, tag: str = "") -> Path:
+    """A new scratch folder ``.<name>.<tag><random>.tmp`` beside ``path``,
+    after removing the ones a killed earlier writer of ``path`` left (one
+    writer per path at a time: Snakemake runs one job per output)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.{tag}"
+    for stale in path.parent.glob(f"{glob_escape(prefix)}{'?' * 8}.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 @contextmanager
 def atomic_directory(path: Path | str) -> Iterator[Path]:
     """Yield a scratch directory that replaces ``path`` only if the block
     finishes; on error the scratch copy is removed and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    scratch = scratch_beside(path)
     try:
         yield scratch
         os.chmod(scratch, 0o777 & ~_umask())

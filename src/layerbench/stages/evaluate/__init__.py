@@ -64,7 +64,7 @@ def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path) ->
     if RunFolder(model).checkpoint.is_dir():
         model = RunFolder(model).checkpoint
     out_folder = EvalFolder(out)
-    with materialized(model, base, scratch_parent=out_folder.path.parent) as model_dir:
+    with materialized(model, base, beside=out_folder.path) as model_dir:
         context, _ = study.model.context(model_dir)
         return evaluate_model(model_dir, study.eval, study.limits.eval_budgets, seed, out_folder,
                               context_length=context, gpus=study.resources.gpu)

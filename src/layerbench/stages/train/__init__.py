@@ -227,7 +227,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         use_cpu=(not _cuda_available()) if use_cpu is None else use_cpu,
         gradient_checkpointing=rl.gradient_checkpointing,
         logging_steps=1,
-        save_strategy="no",
+        **({"save_strategy": "steps", "save_steps": rl.save_every} if rl.save_every else {"save_strategy": "no"}),
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -270,7 +270,7 @@ def train_arm(
     from trl import GRPOTrainer
 
     from layerbench.runtime.numerics import start_job
-    from layerbench.stages.train import engine
+    from layerbench.stages.train import engine, resume
     from layerbench.stages.train.cost import (
         CostMeter,
         current_rss_mb,
@@ -292,12 +292,15 @@ def train_arm(
     reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name), rank=rank)
     steps = optimizer_steps(rl, len(records))
 
+    identity = resume.run_identity(arm, seed, rl, base_model, train_file, max_completion_tokens=max_completion_tokens,
+                                   max_prompt_tokens=max_prompt_tokens, verifier=verifier_name)
+    resume_from = resume.latest_checkpoint(out.resume, identity, tidy=rank == 0)
     started = time.perf_counter()
     folder = atomic_directory(out.path) if rank == 0 else tempfile.TemporaryDirectory(prefix="layerbench-rank")
     with folder as tmp:
         run = RunFolder(Path(tmp))
-        args = grpo_args(rl, max_completion_tokens, seed, run.scratch, max_prompt_tokens=max_prompt_tokens,
-                         n_prompts=len(records), gpus_per_arm=gpus_per_arm)
+        args = grpo_args(rl, max_completion_tokens, seed, out.resume if rl.save_every else run.scratch,
+                         max_prompt_tokens=max_prompt_tokens, n_prompts=len(records), gpus_per_arm=gpus_per_arm)
         engine_meter = engine.EngineMeter()
         with (engine.seeded_engine(seed, rl.vllm_cpu_kvcache_gb, engine_meter) if rl.use_vllm
               else contextlib.nullcontext()):
@@ -314,7 +317,14 @@ def train_arm(
         meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
         if rank == 0:
             trainer.add_callback(progress_callback(f"train {arm.name} seed {seed}", steps))
-        trainer.train()
+        if rl.save_every:
+            trainer.add_callback(resume.MarkCheckpoints(out.resume, identity, reward, rank))
+            if arm.kind != "full":
+                resume.keep_trained_tensors_only(trainer, arm)
+        if resume_from is not None:
+            resume.restore(resume_from, reward)
+            print(f"[resume] train {arm.name} seed {seed}: from {resume_from.name}", flush=True)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         seconds = time.perf_counter() - started
         checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
         rollouts = gather_object(reward.rows)  # every rank's, in rank order
@@ -346,6 +356,7 @@ def train_arm(
             "distributed": trainer.accelerator.distributed_type.value,
             "train_seconds": round(seconds, 2),
             "optimizer_steps": steps,
+            "resumed_from_step": resume.checkpoint_step(resume_from),
             "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
@@ -356,6 +367,7 @@ def train_arm(
         if rl.use_vllm:
             summary["vllm"] = engine_meter.summary()
         atomic_write_json(run.summary, summary)
+    _remove_tree(out.resume)  # the run is published: nothing is left to resume
     return summary
 
 
