@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     except (IntegrityError, NumericsError) as exc:
         print(f"layerbench: {exc}", file=sys.stderr)
         return 3
-    except RuntimeError as exc:  # a limit the preflight refuses: the same exit code, no traceback
+    except RuntimeError as exc:  # a limit the preflight refuses, a checkpoint of another run: no traceback
         from layerbench.stages.preflight import PreflightError
+        from layerbench.stages.train.resume import ResumeMismatch
 
-        if not isinstance(exc, PreflightError):
+        if not isinstance(exc, (PreflightError, ResumeMismatch)):
             raise
         print(f"layerbench: {exc}", file=sys.stderr)
         return 3

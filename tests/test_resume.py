@@ -1,0 +1,111 @@
+"""Resumable training (rl.save_every): a train job SIGKILLed after a
+checkpoint, rerun by Snakemake, ends bit-identical to an uninterrupted run;
+a checkpoint killed while being written, or written by another run, is
+never resumed from."""
+
+import copy
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import snakemake_in, study_workdir
+
+from layerbench.runtime.io import atomic_write_json, read_csv
+from layerbench.stages.train.resume import MARKER, ResumeMismatch, latest_checkpoint
+
+ARMS = ("full", "layer-1")
+CLOCKS = ("step_time",)  # metrics.csv's wall-clock column: the one thing a resumed run may change
+
+
+def _identity(**changes) -> dict:
+    return {"arm": "layer:1", "seed": 1, "base_sha256": "b" * 64, "code_sha256": "c" * 64, **changes}
+
+
+def _checkpoint(folder: Path, step: int, identity: dict | None) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if identity is not None:
+        atomic_write_json(path / MARKER, {"step": step, "identity": identity})
+    return path
+
+
+def test_the_latest_marked_checkpoint_is_resumed_and_an_unmarked_one_removed(tmp_path):
+    assert latest_checkpoint(tmp_path / "none", _identity()) is None
+    marked = _checkpoint(tmp_path, 2, _identity())
+    torn = _checkpoint(tmp_path, 4, None)  # killed while transformers wrote it
+    assert latest_checkpoint(tmp_path, _identity()) == marked
+    assert not torn.exists() and marked.exists()
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
+    _checkpoint(tmp_path, 2, _identity())
+    with pytest.raises(ResumeMismatch, match=r"differs in: base_sha256, seed\).*delete the folder"):
+        latest_checkpoint(tmp_path, _identity(seed=2, base_sha256="d" * 64))
+    assert (tmp_path / "checkpoint-2").exists()  # refused, not removed: the user decides
+
+
+def _train_pid(out: Path) -> int | None:
+    """The train stage's own process (not Snakemake's shell) writing ``out``."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"train" in words and str(out).encode() in words and b"-m" in words:
+                return int(entry.name)
+    return None
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow  # trains two arms of the small study through Snakemake, twice
+def test_a_killed_train_job_resumes_bit_identical_through_snakemake(study_runs, tmp_path):
+    raw, works = study_runs
+    raw = copy.deepcopy(raw)
+    raw["rl"]["save_every"] = 2  # of 4 steps
+    work = study_workdir(tmp_path / "study", raw)
+    runs = work / "results" / "e2e" / "runs"
+    targets = [f"results/e2e/runs/{arm}/seed1" for arm in ARMS]
+    proc = snakemake_in(work, *targets, "--cores", "2", "--keep-going", wait=False)
+    killed, deadline = set(), time.monotonic() + 1200
+    while proc.poll() is None and len(killed) < len(ARMS) and time.monotonic() < deadline:
+        for arm in set(ARMS) - killed:
+            if (runs / arm / "seed1.resume" / "checkpoint-2" / MARKER).is_file():
+                pid = _train_pid(runs / arm / "seed1")
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(arm)
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=600)
+    assert killed == set(ARMS), f"a train job finished before it could be killed: {err[-3000:]}"
+    assert proc.returncode != 0
+    for arm in ARMS:
+        assert not (runs / arm / "seed1").exists() and list((runs / arm).glob(".seed1.*.tmp"))  # SIGKILL's litter
+    # the layer arm was killed again while writing its next checkpoint: a torn copy, no marker
+    torn = runs / "layer-1" / "seed1.resume" / "checkpoint-4"
+    if not torn.exists():
+        torn.mkdir()
+        (torn / "model.safetensors").write_bytes(b"half a tensor")
+
+    rerun = snakemake_in(work, *targets, "--cores", "2")
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    reference = works["wide"] / "results" / "e2e" / "runs"
+    for arm in ARMS:
+        mine, theirs = runs / arm / "seed1", reference / arm / "seed1"
+        log = (work / "results" / "e2e" / "logs" / "runs" / f"{arm}_seed1.log").read_text()
+        assert "from checkpoint-2" in log, log[-2000:]
+        assert json.loads((mine / "summary.json").read_text())["resumed_from_step"] == 2
+        files = sorted(p.relative_to(theirs) for p in (theirs / "checkpoint").rglob("*") if p.is_file())
+        assert files and all(_sha(mine / f) == _sha(theirs / f) for f in files), arm
+        assert _sha(mine / "rollouts.csv") == _sha(theirs / "rollouts.csv"), arm
+        strip = [{k: v for k, v in row.items() if k not in CLOCKS} for row in read_csv(mine / "metrics.csv")]
+        assert strip == [{k: v for k, v in row.items() if k not in CLOCKS} for row in read_csv(theirs / "metrics.csv")]
+        assert not (runs / arm / "seed1.resume").exists() and not list((runs / arm).glob(".seed1.*.tmp"))
