@@ -49,15 +49,17 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
     assert (tmp_path / "checkpoint-2").exists()  # refused, not removed: the user decides
 
 
-def _train_pid(out: Path) -> int | None:
-    """The train stage's own process (not Snakemake's shell) writing ``out``."""
+def _train_pid(work: Path, out: Path) -> int | None:
+    """The train stage's own process (not Snakemake's shell, whose command
+    line is one word) writing ``out``, which the rule names relative to ``work``."""
+    names = {str(out).encode(), str(out.relative_to(work)).encode()}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 words = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"train" in words and str(out).encode() in words and b"-m" in words:
+            if b"stage" in words and b"train" in words and names & set(words):
                 return int(entry.name)
     return None
 
@@ -79,13 +81,13 @@ def test_a_killed_train_job_resumes_bit_identical_through_snakemake(study_runs, 
     while proc.poll() is None and len(killed) < len(ARMS) and time.monotonic() < deadline:
         for arm in set(ARMS) - killed:
             if (runs / arm / "seed1.resume" / "checkpoint-2" / MARKER).is_file():
-                pid = _train_pid(runs / arm / "seed1")
+                pid = _train_pid(work, runs / arm / "seed1")
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
                     killed.add(arm)
         time.sleep(0.005)
-    out, err = proc.communicate(timeout=600)
-    assert killed == set(ARMS), f"a train job finished before it could be killed: {err[-3000:]}"
+    out, _ = proc.communicate(timeout=600)
+    assert killed == set(ARMS), f"a train job finished before it could be killed: {out[-3000:]}"
     assert proc.returncode != 0
     for arm in ARMS:
         assert not (runs / arm / "seed1").exists() and list((runs / arm).glob(".seed1.*.tmp"))  # SIGKILL's litter
