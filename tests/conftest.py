@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 _STATE = pytest.StashKey[dict]()  # tree_state of the repository when the session started
 _E2E = pytest.StashKey[dict]()  # the background DAG runs behind study_runs
 _REHEARSAL = pytest.StashKey[dict]()  # the background paper-study rehearsals behind rehearsals
+_CALIBRATION = pytest.StashKey[dict]()  # the background memory calibration behind memory_calibration
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
@@ -47,7 +49,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for key in (_E2E, _REHEARSAL):  # runs a subset of tests never waited for are stopped
+    for key in (_E2E, _REHEARSAL, _CALIBRATION):  # runs a subset of tests never waited for are stopped
         if key in session.config.stash:
             started = session.config.stash[key]
             for _, proc in started["runs"].values():
@@ -87,20 +89,39 @@ def study_workdir(path: Path, raw: dict | None = None) -> Path:
 
 
 def snakemake_in(workdir: Path, *args: str, configfile: Path | str | None = "study.yaml", env: dict | None = None,
-                 timeout: int = 1800, wait: bool = True):
+                 timeout: int = 1800, wait: bool = True, first: str | None = None):
     """Run the repository's Snakefile in ``workdir`` (``--configfile`` relative
     to it; None: the default study). MLFLOW_TRACKING_URI is dropped so each
     study uses its own folder's store. ``wait=False`` returns the running
-    ``Popen`` (output piped) instead of the finished process."""
+    ``Popen`` (output piped) instead of the finished process; ``first``, a
+    shell command run before Snakemake (which runs only if it succeeds)."""
     base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     config = ["--configfile", str(workdir / configfile)] if configfile else []
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
                *args, *config]  # --configfile last: it takes every word after it
+    if first:
+        command = ["bash", "-c", f"{first} && exec {shlex.join(command)}"]
     options = dict(cwd=workdir, text=True, env={**base, **(env or {})})
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                 **options)
     return subprocess.run(command, capture_output=True, timeout=timeout, **options)
+
+
+SHARED_OUTPUTS = ("data", "base_model")  # what every small study builds alike: data and model settings are equal
+
+
+def share_outputs(source: Path, target: Path, names: tuple[str, ...] = SHARED_OUTPUTS) -> None:
+    """Copy a finished study's ``names`` (mtimes kept) into another study's
+    results folder, so the Snakemake run there takes them as done instead of
+    computing the same bits again: files without Snakemake metadata are judged
+    by their mtimes alone. Only for outputs whose settings are equal in both."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name)
+        else:
+            shutil.copy2(source / name, target / name)
 
 
 def default_raw() -> dict:
@@ -166,20 +187,34 @@ def e2e_raw() -> dict:
 def two_process_raw() -> dict:
     """The e2e study's full arm and layer 1, each trained by two processes
     (resources.gpus_per_arm on a CPU study: the launcher GPU studies use);
-    each process takes half of every 16-completion update, on one thread."""
+    each process takes half of every 16-completion update, on one thread.
+    Its data and base model are the e2e study's (same settings, the model
+    built on E2E_THREADS), copied from the "wide" run (``E2E_RUNS``)."""
     raw = with_threads(small_study_raw("two-processes", arms=["base", "full", "layer:1"],
                                        resources={"gpu": 0, "gpus_per_arm": 2}), 1)
+    raw["model"]["build"]["threads"] = E2E_THREADS
     raw["rl"]["micro_batch_completions"] = 8
     return raw
 
 
 TWO_PROCESS_CHECKS = "results/two-processes/checks.json"  # pairing and parameter audit of its runs
 
-E2E_RUNS = {  # name: (study, --cores, environment, targets)
-    "wide": (e2e_raw, 2, {}, ()),
-    "narrow": (e2e_raw, 1, AVX2_MACHINE, ()),  # another machine: AVX2-only kernels, one core
-    "two-processes": (two_process_raw, 1, {}, (TWO_PROCESS_CHECKS,)),
+E2E_RUNS = {  # name: (study, --cores, environment, targets, the run whose SHARED_OUTPUTS it copies)
+    "wide": (e2e_raw, 2, {}, (), None),
+    "narrow": (e2e_raw, 1, AVX2_MACHINE, (), None),  # another machine: AVX2-only kernels, one core; builds its own
+    "two-processes": (two_process_raw, 1, {}, (TWO_PROCESS_CHECKS,), "wide"),
 }
+
+
+def after_shared_outputs(source: Path, target: Path, timeout_s: int = 1500) -> str:
+    """A shell command that waits until ``source``'s base model is done (its
+    preflight_train.json, written after it, exists), then copies
+    SHARED_OUTPUTS into ``target`` as ``share_outputs`` does."""
+    done = source / "preflight_train.json"
+    copy = " ".join(f"{shlex.quote(str(source / n))}" for n in SHARED_OUTPUTS)
+    return (f"for i in $(seq {timeout_s}); do [ -e {shlex.quote(str(done))} ] && break; sleep 1; done; "
+            f"[ -e {shlex.quote(str(done))} ] && mkdir -p {shlex.quote(str(target))} && "
+            f"cp -a {copy} {shlex.quote(str(target))}/")
 
 
 # The fast tier, ``pytest -m "not slow"``: every test but these, marked slow here by the fixtures they wait for
@@ -187,6 +222,7 @@ E2E_RUNS = {  # name: (study, --cores, environment, targets)
 SLOW_FIXTURES = {
     "study_runs": "waits for the small study's background Snakemake runs",
     "rehearsals": "waits for the paper-study rehearsals on the offline Hub mirror",
+    "memory_calibration": "waits for the CPU memory calibration's two training runs",
 }
 
 
@@ -208,9 +244,10 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def background_wait(item) -> int:
-    """0: needs no background run; 1: the small study's (``study_runs``); 2: the rehearsals, which finish last."""
+    """0: needs no background run; 1: the small study's (``study_runs``) or the
+    memory calibration; 2: the rehearsals, which finish last."""
     names = set(getattr(item, "fixturenames", ()))
-    return 2 if "rehearsals" in names else 1 if "study_runs" in names else 0
+    return 2 if "rehearsals" in names else 1 if names & {"study_runs", "memory_calibration"} else 0
 
 
 class BackgroundRuns:
@@ -221,15 +258,25 @@ class BackgroundRuns:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items):
+        if any("memory_calibration" in getattr(item, "fixturenames", ()) for item in items):
+            import memory_calibration
+
+            started = memory_calibration.start(Path(tempfile.mkdtemp(prefix="layerbench-memory-")))
+            config.stash[_CALIBRATION] = {**started, "base": started["folder"],
+                                          "runs": {arm: (None, job) for arm, job in started["jobs"].items()}}
         if any("rehearsals" in getattr(item, "fixturenames", ()) for item in items):
             _start_rehearsals(config)
         if not any("study_runs" in getattr(item, "fixturenames", ()) for item in items):
             return
         base = Path(tempfile.mkdtemp(prefix="layerbench-e2e-"))
         started = {}
-        for name, (study, cores, env, targets) in E2E_RUNS.items():
-            work = study_workdir(base / name, study())
-            started[name] = work, snakemake_in(work, *targets, "--cores", str(cores), env=env, wait=False)
+        for name, (study, cores, env, targets, shared) in E2E_RUNS.items():
+            raw = study()
+            work = study_workdir(base / name, raw)
+            first = shared and after_shared_outputs(base / shared / "results" / E2E_RUNS[shared][0]()["study"],
+                                                    work / "results" / raw["study"])
+            started[name] = work, snakemake_in(work, *targets, "--cores", str(cores), env=env, wait=False,
+                                               first=first)
         config.stash[_E2E] = {"base": base, "runs": started}
 
 
@@ -290,6 +337,13 @@ def rehearsals(request) -> dict:
         rc = (work / "snakemake.rc").read_text().strip()
         assert rc == "0", f"{study}: snakemake exited {rc}: {(work / 'snakemake.log').read_text()[-6000:]}"
     return {**started["work"], "hf_home": started["home"]}
+
+
+@pytest.fixture(scope="session")
+def memory_calibration(request) -> dict:
+    """tests/memory_calibration.py's runs, started with the session: {"folder",
+    "config" (the model's), "jobs" ({arm: its training process})}."""
+    return request.config.stash[_CALIBRATION]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import sys
 import pytest
 import yaml
 from conftest import OFFLINE, ROOT
+from memory_calibration import ARMS, CAPS, RL, run_folder
 
 from layerbench.config import load_study
 from layerbench.config.memory import (
@@ -99,69 +100,25 @@ def test_every_paper_config_fits_80gb_gpus(name):
     assert rows and all(r["fits"] for r in rows), [(r["arm"], r["total"]) for r in rows]
 
 
-CALIBRATION_MODEL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
-                         num_key_value_heads=4, head_dim=64)  # a 57M-parameter Qwen3: weights dwarf the tiny models'
-CALIBRATION_RL = dict(steps=2, prompts_per_step=2, num_generations=4, micro_batch_completions=4, threads=2,
-                      bf16=False, gradient_checkpointing=True, learning_rate=1e-5)
-CALIBRATION_CAPS = dict(max_prompt_tokens=40, max_completion_tokens=128)
-
-
-def calibration_base(folder):
-    """A randomly initialised Qwen3 with a byte-level tokenizer, saved as the Hub saves models."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from layerbench.stages.model import EOS, train_tokenizer
-
-    texts = [f"Q: {a}+{b}=? A: {a + b} ####" for a in range(30) for b in range(30)]
-    tokenizer = train_tokenizer(texts, 320)
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    config = AutoConfig.for_model("qwen3", vocab_size=len(tokenizer), tie_word_embeddings=False, eos_token_id=eos,
-                                  pad_token_id=eos, bos_token_id=eos, **CALIBRATION_MODEL)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return ModelShape.from_config_json(config.to_dict())
-
-
-TRAIN_ONE_ARM = """
-import json, sys
-from pathlib import Path
-from layerbench.config import Arm, RLConfig
-from layerbench.paths import RunFolder
-from layerbench.stages.train import train_arm
-base, train, arm, out, rl, caps = sys.argv[1:]
-caps = json.loads(caps)
-train_arm(Path(base), Path(train), Arm.parse(arm), 1, RLConfig.defaults(**json.loads(rl)),
-          caps["max_completion_tokens"], RunFolder(Path(out)), max_prompt_tokens=caps["max_prompt_tokens"])
-"""
-
-
-@pytest.mark.slow  # trains a 57M-parameter model for two GRPO steps per arm kind
-def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(tmp_path):
-    """Both arm kinds of a 57M-parameter model, trained by stage train itself
-    (two GRPO steps: the second runs with AdamW states in memory; completions at the cap, gradient checkpointing), each in its
-    own process; measured: peak RSS above the RSS before the model loaded."""
+def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(memory_calibration):
+    """Measured: peak RSS above the RSS just before the model loaded, for each
+    arm kind of the calibration's 57M-parameter model; estimated: arm_memory
+    for the same plan."""
     from layerbench.config.memory import MARGIN
-    from layerbench.runtime.io import atomic_write_jsonl
 
-    shape = calibration_base(tmp_path / "base")
-    train = atomic_write_jsonl(tmp_path / "train.jsonl",
-                               [{"prompt": f"Q: {a}+{a}=? A:", "answer": str(2 * a)} for a in range(8)])
-    arms = {"full": None, "layer:3": 1}
-    jobs = {arm: subprocess.Popen([sys.executable, "-c", TRAIN_ONE_ARM, str(tmp_path / "base"), str(train), arm,
-                                   str(tmp_path / arm.replace(":", "-")), json.dumps(CALIBRATION_RL),
-                                   json.dumps(CALIBRATION_CAPS)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-            for arm in arms}
+    shape = ModelShape.from_config_json(memory_calibration["config"])
     figures = {}
-    for arm, job in jobs.items():
-        _, err = job.communicate(timeout=900)
+    for arm, job in memory_calibration["jobs"].items():
+        _, err = job.communicate(timeout=1500)
         assert job.returncode == 0, err[-3000:]
-        cost = json.loads((tmp_path / arm.replace(":", "-") / "summary.json").read_text())["cost"]
+        summary = run_folder(memory_calibration["folder"], arm) / "summary.json"
+        cost = json.loads(summary.read_text())["cost"]
         measured = (cost["peak_rss_mb"] - cost["rss_before_model_mb"]) / 1000
-        plan = TrainingPlan(trained_layers=arms[arm], policy_dtype="float32", ref_dtype=None, beta=0.0, bf16=False,
-                            micro_batch=4, generation_batch=8, prompt=CALIBRATION_CAPS["max_prompt_tokens"],
-                            completion=CALIBRATION_CAPS["max_completion_tokens"], gradient_checkpointing=True,
-                            device="cpu")
+        plan = TrainingPlan(trained_layers=ARMS[arm], policy_dtype="float32", ref_dtype=None, beta=0.0, bf16=False,
+                            micro_batch=RL["micro_batch_completions"],
+                            generation_batch=RL["prompts_per_step"] * RL["num_generations"],
+                            prompt=CAPS["max_prompt_tokens"], completion=CAPS["max_completion_tokens"],
+                            gradient_checkpointing=True, device="cpu")
         estimate = arm_memory(shape, plan)["total"]
         figures[arm] = (round(estimate, 3), round(measured, 3))
     print("estimate vs measured GB:", figures)

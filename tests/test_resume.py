@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import snakemake_in, study_workdir
+from conftest import SHARED_OUTPUTS, share_outputs, snakemake_in, study_workdir
 
 from layerbench.runtime.io import atomic_write_json, read_csv
 from layerbench.stages.train.resume import MARKER, ResumeMismatch, latest_checkpoint
@@ -68,12 +68,15 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow  # trains two arms of the small study through Snakemake, twice
+@pytest.mark.slow  # trains two arms of the small study through Snakemake, twice (over the wide run's base model)
 def test_a_killed_train_job_resumes_bit_identical_through_snakemake(study_runs, tmp_path):
     raw, works = study_runs
     raw = copy.deepcopy(raw)
     raw["rl"]["save_every"] = 2  # of 4 steps
     work = study_workdir(tmp_path / "study", raw)
+    # the wide run's data, base model and training preflight (save_every is no part of them): only training runs here
+    share_outputs(works["wide"] / "results" / "e2e", work / "results" / "e2e",
+                  (*SHARED_OUTPUTS, "preflight_train.json", "train_checked.jsonl"))
     runs = work / "results" / "e2e" / "runs"
     targets = [f"results/e2e/runs/{arm}/seed1" for arm in ARMS]
     proc = snakemake_in(work, *targets, "--cores", "2", "--keep-going", wait=False)

@@ -100,3 +100,17 @@ def test_stages_holds_only_mapped_stages():
     mapped = {row["module"].removeprefix("layerbench.stages.") for row in _stage_map().values()
               if row["module"].startswith("layerbench.stages.")}
     assert found == mapped
+
+
+def test_the_readmes_arm_trace_names_files_that_hold_what_it_says():
+    """Each step of README's trace of ``layer:3`` names a file that exists and
+    defines the names it cites there (``name`` in parentheses), so the trace
+    breaks when code moves away from it."""
+    text = (ROOT / "README.md").read_text()
+    trace = text[text.index("Tracing `layer:3`"):text.index("Passed through without code of its own")]
+    steps = re.findall(r"^\d+\. `([^`]+)`: (.*?)(?=^\d+\. |\Z)", trace, re.M | re.S)
+    assert 0 < len(steps) <= 12, len(steps)
+    for path, said in steps:
+        source = (ROOT / path).read_text()
+        for name in re.findall(r"\(`([A-Za-z_.]+)`\)", said):
+            assert re.search(rf"\b(def|class) {re.escape(name.split('.')[-1])}\b", source), (path, name)

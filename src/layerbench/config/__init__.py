@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from layerbench.config.arms import Arm
 from layerbench.config.cross_fields import cross_field_problems
 from layerbench.config.schema import (
     PACKAGE_ROOT,
@@ -27,7 +28,6 @@ from layerbench.config.schema import (
     with_defaults,
 )
 from layerbench.config.sections import (
-    Arm,
     DataConfig,
     EvalConfig,
     HubData,
@@ -88,12 +88,7 @@ class Study:
         return tuple(a for a in self.arms if a.trains)
 
     def rl_for(self, arm: Arm) -> RLConfig:
-        """Base ``rl`` settings with ``per_arm`` overrides: kind first, then
-        the exact arm (so ``layer:3`` beats ``layer``)."""
-        settings = asdict(self.rl)
-        for key in (arm.kind, arm.name):
-            settings.update(self.per_arm.get(key, {}))
-        return RLConfig(**settings)
+        return arm.rl_settings(self.rl, self.per_arm)
 
     @property
     def repro_arm(self) -> Arm:
@@ -117,27 +112,6 @@ class Study:
         out["arms"] = [a.name for a in self.arms]
         out["rl_by_arm"] = {a.name: asdict(self.rl_for(a)) for a in self.trained_arms}
         return out
-
-
-def _expand_arms(items: list, num_layers: int) -> tuple[Arm, ...]:
-    arms: list[Arm] = []
-    for i, item in enumerate(items):
-        if isinstance(item, dict):
-            new = [Arm("layers", tuple(sorted(item["layers"])))]
-        elif item == "layer:all":
-            new = [Arm("layer", (k,)) for k in range(num_layers)]
-        else:
-            new = [Arm.parse(item)]
-        for arm in new:
-            bad = [k for k in arm.layers or () if k >= num_layers]
-            if bad:
-                raise ConfigError(
-                    f"key 'arms.{i}': layer {bad[0]} does not exist; the model has "
-                    f"{num_layers} decoder layers (0..{num_layers - 1})"
-                )
-            if arm not in arms:
-                arms.append(arm)
-    return tuple(arms)
 
 
 def _required_for_source(raw: dict, source: str) -> None:
@@ -165,7 +139,7 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         name=raw["study"],
         model=model,
         data=DataConfig.from_dict(raw["data"]),
-        arms=_expand_arms(raw["arms"], model.decoder_layer_count),
+        arms=Arm.expand(raw["arms"], model.decoder_layer_count),
         seeds=tuple(raw["seeds"]),
         rl=RLConfig.from_dict(rl),
         per_arm=per_arm,

@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from layerbench.config.arms import Arm
 from layerbench.config.batches import batch_problem
 from layerbench.config.memory import memory_problems
-from layerbench.config.sections import Arm
 
 if TYPE_CHECKING:
     from layerbench.config import Study

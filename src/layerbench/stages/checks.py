@@ -29,7 +29,7 @@ from pathlib import Path
 from layerbench.analysis.update import update_summary
 from layerbench.analysis.verdicts import number
 from layerbench.config import Arm
-from layerbench.config.sections import DECODER_LAYERS
+from layerbench.config.arms import DECODER_LAYERS
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv

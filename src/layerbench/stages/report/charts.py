@@ -70,37 +70,6 @@ def arm_style(name: str, num_layers: int) -> dict:
     return {"color": color, "ls": "-" if arm.kind == "layer" else "--", "lw": 1.4, "marker": "o"}
 
 
-def contribution_chart(contributions: list[dict]) -> str | None:
-    """C(k) by layer with 95% CIs, one series per budget."""
-    by_budget = defaultdict(list)
-    for row in contributions:
-        if row["arm"].startswith("layer:") and number(row["C"]) is not None:
-            by_budget[int(row["budget"])].append(row)
-    if not by_budget:
-        return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.6, 3.4))
-    offsets = {b: (i - (len(by_budget) - 1) / 2) * 0.12 for i, b in enumerate(sorted(by_budget))}
-    layers = set()
-    for budget, rows in sorted(by_budget.items()):
-        ks = [Arm.parse(r["arm"]).layers[0] for r in rows]
-        layers |= set(ks)
-        ys = [float(r["C"]) for r in rows]
-        lo = [y - number(r["ci_low"]) if number(r["ci_low"]) is not None else 0 for y, r in zip(ys, rows)]
-        hi = [number(r["ci_high"]) - y if number(r["ci_high"]) is not None else 0 for y, r in zip(ys, rows)]
-        ax.errorbar([k + offsets[budget] for k in ks], ys, yerr=[lo, hi], fmt="o-", ms=5, lw=1, capsize=3,
-                    label=f"budget {budget}")
-    ax.axhline(1.0, color="#444", ls="--", lw=1)
-    ax.axhline(0.0, color="#444", ls=":", lw=1)
-    ax.text(1.0, 1.0, " full RL", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="#444")
-    ax.text(1.0, 0.0, " base", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="#444")
-    ax.set_xticks(sorted(layers))
-    ax.set_xlabel("trained decoder layer k")
-    ax.set_ylabel("C(k)")
-    ax.legend(loc="best", frameon=False)
-    return png_data_uri(fig)
-
-
 def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap: int) -> str:
     """S for base, full RL and the best single layer at each budget; dots are seeds."""
     plt = pyplot()

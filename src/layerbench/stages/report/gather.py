@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from layerbench.analysis.update import update_sentence
-from layerbench.analysis.verdicts import best_arms, join, number
+from layerbench.analysis.verdicts import best_arms, number
 from layerbench.config import Arm, Study
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import read_csv
@@ -24,13 +24,13 @@ from layerbench.runtime.timing import latest_wall_time
 from layerbench.stages.report.charts import (
     TRAINING_METRICS,
     budget_chart,
-    contribution_chart,
     decomposition_chart,
     headline_chart,
     mean,
     training_chart,
     update_chart,
 )
+from layerbench.stages.report.contribution import contribution_view
 from layerbench.stages.report.cost import cost_view
 
 
@@ -58,12 +58,8 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
 
     # headline + C(k)
     v["headline"] = verdicts["headline"] if verdicts is not None else None
-    if contributions is not None:
-        contributions = sorted(contributions, key=lambda r: (int(r["budget"]), Arm.sort_key_of(r["arm"])))
-        v["c_chart"] = contribution_chart(contributions)
-        v["c_budgets"], v["c_rows"], v["c_notes"] = contribution_matrix(
-            contributions, verdicts["cells"] if verdicts is not None else [])
-    v["contributions"] = contributions
+    v.update(contribution_view(contributions, verdicts["cells"] if verdicts is not None else []))
+    contributions = v["contributions"]
     best = best_arms(v["headline"]) if v["headline"] is not None else {}
     v["headline_chart"] = headline_chart(per_seed_scores(scores), best, budgets, cap) if scores else None
     # scores
@@ -144,31 +140,6 @@ def per_seed_scores(scores: list[dict]) -> dict:
                          "truncated": mean(number(r["truncated_rate"]) for r in rs)}
                   for seed, rs in by_seed.items()}
             for key, by_seed in cells.items()}
-
-
-def contribution_matrix(contributions: list[dict], verdicts: list[dict]) -> tuple[list[int], list[dict], list[str]]:
-    """Arms x budgets of C with intervals and verdicts (``verdicts.json``'s
-    cells), and one note per distinct reason a C is undefined."""
-    budgets = sorted({int(r["budget"]) for r in contributions})
-    cells = {(r["arm"], int(r["budget"])): r for r in contributions}
-    verdict = {(c["arm"], c["budget"]): c["verdict"] for c in verdicts}
-    notes = defaultdict(set)
-    for r in contributions:
-        if number(r["C"]) is None:
-            notes[r["reason"] or "no reason given"].add(int(r["budget"]))
-    rows = []
-    for arm in sorted({r["arm"] for r in contributions}, key=Arm.sort_key_of):
-        row = []
-        for b in budgets:
-            r = cells.get((arm, b))
-            if r is None:
-                row.append(None)
-                continue
-            row.append({"C": number(r["C"]), "lo": number(r["ci_low"]), "hi": number(r["ci_high"]),
-                        "verdict": verdict.get((arm, b), "")})
-        rows.append({"arm": arm, "label": Arm.label_of(arm), "cells": row})
-    return budgets, rows, [f"Undefined at budget{'s' if len(bs) > 1 else ''} {join(list(map(str, sorted(bs))))}: "
-                           f"{reason}" for reason, bs in notes.items()]
 
 
 def decomposition_table(rows: list[dict]) -> list[dict]:

@@ -34,8 +34,8 @@ from pathlib import Path
 from layerbench.analysis.stats import percentile
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
+from layerbench.config.arms import DECODER_LAYERS
 from layerbench.config.batches import batch_geometry, optimizer_steps
-from layerbench.config.sections import DECODER_LAYERS
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import save_checkpoint
 from layerbench.runtime.io import (
