@@ -56,7 +56,7 @@ def test_the_8b_full_arm_needs_several_gpus_and_a_layer_arm_a_fraction_of_its_st
     layer = arm_memory(shape, TrainingPlan(trained_layers=1, **common))
     assert full["total"] > 80 and layer["total"] < full["total"] / 2
     assert layer["optimizer"] < full["optimizer"] / 36
-    assert arm_memory(shape, TrainingPlan(trained_layers=None, gpus=8, **common))["total"] < 80
+    assert arm_memory(shape, TrainingPlan(trained_layers=None, gpus_per_arm=8, **common))["total"] < 80
     assert checkpoint_gb(shape, 1) < checkpoint_gb(shape, None) / 36
 
 

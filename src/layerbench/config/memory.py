@@ -98,7 +98,8 @@ class TrainingPlan:
     completion: int
     gradient_checkpointing: bool
     vllm_share_gb: float = 0.0  # per GPU; replaces the HF generation cache
-    gpus: int = 1  # FSDP shards weights, gradients, optimizer states and the reference over these
+    # resources.gpus_per_arm on a GPU (1 on CPU): FSDP shards weights, gradients, optimizer states and the reference over these
+    gpus_per_arm: int = 1
     device: str = "gpu"
 
 
@@ -126,7 +127,7 @@ def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
         "optimizer": trainable * 2 * size,  # AdamW: two moments in the parameters' dtype
         "reference": shape.parameters() * BYTES[plan.ref_dtype or plan.policy_dtype] if plan.beta > 0 else 0,
     }
-    out = {k: v / plan.gpus / GB for k, v in sharded.items()}
+    out = {k: v / plan.gpus_per_arm / GB for k, v in sharded.items()}
     out.update(activations=activations / GB, logits=logits / GB, generation=kv_cache / GB,
                vllm=plan.vllm_share_gb, overhead=OVERHEAD_GB[plan.device])
     out["total"] = (sum(out[k] for k in (*sharded, "vllm", "overhead"))
@@ -166,7 +167,7 @@ def arm_plan(study, arm, gpu_memory_gb: float | None) -> TrainingPlan:
         prompt=study.limits.max_prompt_tokens, completion=study.limits.max_completion_tokens,
         gradient_checkpointing=rl.gradient_checkpointing,
         vllm_share_gb=rl.vllm_gpu_memory_utilization * gpu_memory_gb if rl.use_vllm and gpu_memory_gb else 0.0,
-        gpus=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu")
+        gpus_per_arm=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu")
 
 
 def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dict]:
