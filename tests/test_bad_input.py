@@ -135,7 +135,7 @@ def test_a_study_takes_the_schema_defaults_not_the_default_study(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     resolved = yaml.safe_load((tmp_path / "results" / "standalone" / "study.yaml").read_text())
     assert resolved["numerics"] == "portable" and resolved["rl"]["threads"] == 1
-    assert resolved["tracking"] == {"uri": None}  # the schema's default; the experiment name follows the study
+    assert resolved["tracking"] == {"uri": None, "live": True}  # the schema's defaults; the experiment name follows the study
 
 
 def test_check_limits_names_the_file_and_line_of_a_yaml_error_or_a_missing_file(tmp_path):

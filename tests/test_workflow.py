@@ -63,8 +63,14 @@ def test_mlflow_store_holds_parent_and_child_runs(study_runs):
     for child in children:
         assert any(k.startswith("eval/layerbench_arith/accuracy/budget_") for k in child.data.metrics)
         if child.data.params["arm"] != "base":
-            assert "train/reward" in child.data.metrics
             assert int(child.data.params["trainable_parameters"]) > 0
+            # the run the train job logged to while it trained (tracking.live), completed by track: each step once
+            run = runs["wide"] / "results" / "e2e" / "runs" / child.data.params["arm"].replace(":", "-") / "seed1"
+            assert json.loads((run / "summary.json").read_text())["mlflow_run_id"] == child.info.run_id
+            assert child.data.tags["layerbench.live"] == "true"
+            steps = [int(r["step"]) for r in read_csv(run / "metrics.csv")]
+            history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "train/reward")
+            assert sorted(m.step for m in history) == steps
         arts = mlflow.MlflowClient().list_artifacts(child.info.run_id, "eval")
         assert any(a.path.endswith("per_sample.csv") for a in arts)
 
@@ -204,7 +210,7 @@ def test_a_perturbed_arm_stops_the_study(study_runs, tmp_path):
 def _tracked_copy(src: Path, dst: Path, name: str) -> Path:
     """A finished study folder without its MLflow store, under study name ``name``."""
     work = _copy_workdir(src, dst)
-    for stale in ("mlflow.db", "mlruns", "results/e2e/mlflow.json"):
+    for stale in ("mlflow.db", "mlruns", "results/e2e/mlflow.json", "results/e2e/mlflow_parent.json"):
         path = work / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if name != "e2e":
@@ -235,8 +241,13 @@ def _runs_by_experiment(db: Path) -> dict[str, list]:
     return out
 
 
-def test_a_track_killed_half_way_is_retired_and_the_rerun_is_complete(study_runs, tmp_path):
+def test_a_track_killed_half_way_is_completed_by_its_rerun_and_an_abandoned_one_retired(study_runs, tmp_path):
+    """Its rerun completes the same parent and children (no run, no metric
+    step twice); a parent no record names any more (the results folder was
+    made anew) is marked KILLED with its children when the next one is tracked."""
     import sqlite3
+
+    from mlflow import MlflowClient
 
     _, runs = study_runs
     work = _tracked_copy(runs["wide"], tmp_path / "w", "e2e")
@@ -253,9 +264,26 @@ def test_a_track_killed_half_way_is_retired_and_the_rerun_is_complete(study_runs
     assert proc.poll() is None, "track finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    abandoned = _copy_workdir(work, tmp_path / "abandoned")
+    (abandoned / "results" / "e2e" / "mlflow_parent.json").unlink()
+
     rerun = _track(work, "e2e", env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     found = _runs_by_experiment(db)["layerbench-e2e"]
+    [parent] = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    kids = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and parent.data.tags["layerbench.complete"] == "true"
+    assert sorted(r.data.params["arm"] for r in kids) == ["base", "full", "layer:0", "layer:1"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["layerbench.complete"] == "true" for r in kids)
+    client = MlflowClient(f"sqlite:///{db}")
+    for kid in kids:
+        for key in kid.data.metrics:
+            steps = [m.step for m in client.get_metric_history(kid.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (kid.data.params["arm"], key)
+
+    rerun = _track(abandoned, "e2e", env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    found = _runs_by_experiment(abandoned / "mlflow.db")["layerbench-e2e"]
     parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     complete = [r for r in parents if r.data.tags.get("layerbench.complete") == "true"]
     assert len(parents) == 2 and len(complete) == 1

@@ -314,6 +314,12 @@ class StudyPaths:
         return self.results / "mlflow.json"
 
     @property
+    def mlflow_parent(self) -> Path:
+        """The study's open MLflow parent run, shared by the train jobs that
+        log live and by track, which completes it (``runtime.tracking``)."""
+        return self.results / "mlflow_parent.json"
+
+    @property
     def report(self) -> Path:
         return self.root / "reports" / self.study.name / "index.html"
 

@@ -265,6 +265,7 @@ class TrackingConfig(Section):
     KEY = "tracking"
     uri: str | None  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str | None  # None: layerbench-<study>
+    live: bool  # train jobs log per-step metrics while they run
 
 
 @dataclass(frozen=True)

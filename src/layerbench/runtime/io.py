@@ -115,3 +115,14 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+@contextmanager
+def file_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block:
+    processes that would otherwise race to create one shared thing take turns."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -1,80 +1,40 @@
-"""Log a study to MLflow: one experiment per study, one parent run per study
-invocation, one child run per (arm, seed).
+"""Log a study to MLflow: one experiment per study, one parent run per
+study invocation, one child run per (arm, seed).
 
-Training and evaluation jobs write plain files; this single stage logs them,
-and a re-run of the DAG logs a fresh parent. An invocation's runs count as a
-result only once all are logged: each then gets the ``layerbench.complete``
-tag, the parent last. A ``track`` killed half-way leaves runs without it; the
-next invocation marks them KILLED (``retire_unfinished``). Writes use
-``log_batch`` and are retried when SQLite reports a lock, so several studies
-(or processes) can share the default store.
-
-Store: ``tracking.uri`` from the study, else ``MLFLOW_TRACKING_URI``, else
-MLflow's own default (``sqlite:///mlflow.db`` in the working directory).
+Train jobs log their per-step metrics live, each into its child run under
+the study's open parent (``stages.train.live``, ``runtime.tracking``).
+This stage completes that same parent and those children: evaluation
+results, parameters, provenance, artifacts, and whatever training metrics
+did not reach MLflow live (a job whose server was unreachable, the
+rollout statistics computed at the end). Arms that do not train, and runs
+whose live child is gone, get a new child. An invocation's runs count as
+a result only once all are logged: each then gets the
+``layerbench.complete`` tag, the parent last, and the next invocation
+starts a fresh parent. A ``track`` killed half-way leaves its runs
+without the tag; its rerun completes the same parent, and parents of
+earlier invocations left without it are marked KILLED
+(``retire_unfinished``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import random
-import time
 from pathlib import Path
 
 from layerbench.paths import StudyPaths
 from layerbench.runtime.io import atomic_write_json, read_csv
 from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
-
-MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
-
-
-def tracking_uri(configured: str | None = None) -> str | None:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
-
-
-def retry(fn, *args, attempts: int = 30, **kwargs):
-    """Call an MLflow client method, retrying while SQLite is locked by
-    another writer (MLflow surfaces that as an MlflowException)."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - only lock errors are retried
-            text = str(exc).lower()
-            if attempt == attempts - 1 or not any(s in text for s in ("locked", "busy", "unique constraint")):
-                raise
-            time.sleep(0.05 * (attempt + 1) + random.random() * 0.1)
-
-
-def client_for(uri: str | None):
-    """An MlflowClient whose store is initialised. For SQLite stores, the
-    first use creates and migrates the schema; several processes doing that
-    at once corrupt it ("duplicate column"), so it happens under a file lock."""
-    import fcntl
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return MlflowClient(tracking_uri=uri)
-    with open(uri[len("sqlite:///"):] + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        client = MlflowClient(tracking_uri=uri)
-        retry(client.search_experiments, max_results=1)
-    return client
-
-
-def experiment_id(client, name: str) -> str:
-    existing = retry(client.get_experiment_by_name, name)
-    if existing:
-        return existing.experiment_id
-    try:
-        return retry(client.create_experiment, name)
-    except Exception:  # created concurrently by another process
-        return retry(client.get_experiment_by_name, name).experiment_id
+from layerbench.runtime.tracking import (
+    COMPLETE,
+    LIVE,
+    finish_run,
+    log_run,
+    metric_key,
+    open_study,
+    retry,
+    start_run,
+    store_uri,
+)
 
 
 def _flatten(prefix: str, obj, out: dict) -> dict:
@@ -86,49 +46,16 @@ def _flatten(prefix: str, obj, out: dict) -> dict:
     return out
 
 
-def metric_key(name: str) -> str:
-    """MLflow metric names allow alphanumerics and _ - . space : /"""
-    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
-
-
-def log_run(client, run_id: str, params: dict, metrics: list[tuple[str, float, int]], tags: dict) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    now = int(time.time() * 1000)
-    param_list = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(param_list), 90):
-        retry(client.log_batch, run_id, params=param_list[i : i + 90])
-    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
-    retry(client.log_batch, run_id, tags=tag_list)
-    metric_list = [Metric(metric_key(k), float(v), now, step) for k, v, step in metrics
-                   if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    for i in range(0, len(metric_list), MAX_BATCH):
-        retry(client.log_batch, run_id, metrics=metric_list[i : i + MAX_BATCH])
-
-
-def start_run(client, exp_id: str, name: str, parent: str | None = None, tags: dict | None = None) -> str:
-    all_tags = {"mlflow.runName": name, **(tags or {})}
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    return retry(client.create_run, exp_id, tags=all_tags).info.run_id
-
-
-def finish_run(client, run_id: str, status: str = "FINISHED") -> None:
-    retry(client.set_terminated, run_id, status)
-
-
-COMPLETE = "layerbench.complete"  # set last, on every run of an invocation, once all are logged
-
-
-def retire_unfinished(client, exp_id: str, study: str) -> list[str]:
-    """Mark every earlier invocation of ``study`` that never got its
-    completion tag KILLED, with all its child runs: a killed ``track`` leaves
-    a RUNNING parent and some children, which must not pass for a result."""
+def retire_unfinished(client, exp_id: str, study: str, keep: str) -> list[str]:
+    """Mark every parent of ``study`` but ``keep`` (the one being completed)
+    that never got its completion tag KILLED, with all its child runs: they
+    are left by an invocation given up half-way, and must not pass for a result."""
     from mlflow.entities import ViewType
 
     runs = retry(client.search_runs, [exp_id], run_view_type=ViewType.ALL, max_results=50000)
     dead = {r.info.run_id for r in runs if r.data.tags.get("layerbench.study") == study
-            and "mlflow.parentRunId" not in r.data.tags and r.data.tags.get(COMPLETE) != "true"}
+            and "mlflow.parentRunId" not in r.data.tags and r.data.tags.get(COMPLETE) != "true"
+            and r.info.run_id != keep}
     retired = [r.info.run_id for r in runs
                if r.info.run_id in dead or r.data.tags.get("mlflow.parentRunId") in dead]
     for run_id in retired:
@@ -150,17 +77,43 @@ def _training_metrics(rows: list[dict]) -> list[tuple[str, float, int]]:
     return out
 
 
+def not_yet_logged(client, run_id: str, metrics: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """The (key, value, step) of ``metrics`` whose step the run has no value
+    for yet: what a live run missed, without logging a step twice."""
+    logged: dict[str, set[int]] = {}
+    for key in {k for k, _, _ in metrics}:
+        logged[key] = {m.step for m in retry(client.get_metric_history, run_id, metric_key(key))}
+    return [(k, v, step) for k, v, step in metrics if step not in logged[k]]
+
+
+def children_of(client, exp_id: str, parent: str) -> tuple[dict, set]:
+    """The child runs ``parent`` already has, to complete rather than
+    duplicate: {run id: run id} for every one and {(arm, seed): run id} for
+    those an earlier, killed ``track`` began; and the ids of the live runs
+    train jobs began (a live run is found only by the id its summary.json
+    records, so a stale one of a job run again since is never taken)."""
+    runs = retry(client.search_runs, [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+                 max_results=50000)
+    earlier, live = {}, set()
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        tags = run.data.tags
+        earlier[run.info.run_id] = run.info.run_id
+        if tags.get(LIVE) == "true":
+            live.add(run.info.run_id)
+        else:
+            earlier[(tags.get("layerbench.arm"), tags.get("layerbench.seed"))] = run.info.run_id
+    return earlier, live
+
+
 def track_study(paths: StudyPaths, out: Path) -> dict:
     """Log everything the study produced, with the provenance the report
     shows (collect's provenance.json); write the record of what was logged to ``out``."""
     study = paths.study
-    client = client_for(tracking_uri(study.tracking.uri))
-    exp_id = experiment_id(client, study.tracking.experiment or f"layerbench-{study.name}")
-    retire_unfinished(client, exp_id, study.name)
+    client, exp_id, parent = open_study(study.tracking, study.name, paths.mlflow_parent)
+    retire_unfinished(client, exp_id, study.name, keep=parent)
     prov = json.loads(paths.provenance.read_text())
     # the study's own name identifies its runs (retire_unfinished), whatever folder the record was made in
     tags = {f"layerbench.{k}": v for k, v in _flatten("", prov, {}).items()} | {"layerbench.study": study.name}
-    parent = start_run(client, exp_id, f"{study.name} study", tags={"layerbench.study": study.name})
     config_params = _flatten("config", study.resolved(), {})
     log_run(client, parent, config_params, [], tags)
 
@@ -172,21 +125,25 @@ def track_study(paths: StudyPaths, out: Path) -> dict:
     for path in (paths.scores, paths.contributions, paths.training_metrics, paths.provenance, paths.study_file):
         retry(client.log_artifact, parent, str(path))
 
+    earlier, live = children_of(client, exp_id, parent)
     children = {}
     for arm in study.arms:
         for seed in study.seeds:
             run_name = f"{arm.name} seed {seed}"
-            run_id = start_run(client, exp_id, run_name, parent=parent,
-                               tags={"layerbench.arm": arm.name, "layerbench.seed": seed})
+            summary = json.loads(paths.run(arm, seed).summary.read_text()) if arm.trains else {}
+            run_id = earlier.get(summary.get("mlflow_run_id")) or earlier.get((arm.name, str(seed)))
+            if run_id is None:
+                run_id = start_run(client, exp_id, run_name, parent=parent,
+                                   tags={"layerbench.arm": arm.name, "layerbench.seed": seed})
             params = {"arm": arm.name, "seed": str(seed)}
             metrics = []
             if arm.trains:
                 run = paths.run(arm, seed)
-                summary = json.loads(run.summary.read_text())
                 params.update(_flatten("rl", summary["rl"], {}))
                 params["trainable_parameters"] = str(summary["trainable_parameters"])
                 params["step0_rollout_sha256"] = summary["step0_rollout_sha256"]
-                metrics += _training_metrics([r for r in training if r["arm"] == arm.name and int(r["seed"]) == seed])
+                trained = _training_metrics([r for r in training if r["arm"] == arm.name and int(r["seed"]) == seed])
+                metrics += trained
                 metrics.append(("train/seconds_per_step", summary["seconds_per_step"], 0))
             else:
                 params["trainable_parameters"] = "0"
@@ -196,6 +153,8 @@ def track_study(paths: StudyPaths, out: Path) -> dict:
                         if row[key] != "":
                             metrics.append((f"eval/{row['task']}/{key}/budget_{row['budget']}", float(row[key]), 0))
             params.update(config_params)
+            if run_id in earlier.values():  # a live run, or one a killed track began
+                metrics = not_yet_logged(client, run_id, metrics)
             log_run(client, run_id, params, metrics, tags)
             retry(client.log_artifacts, run_id, str(paths.eval(arm, seed).path), "eval")
             if arm.trains:
@@ -203,11 +162,14 @@ def track_study(paths: StudyPaths, out: Path) -> dict:
                     retry(client.log_artifact, run_id, str(path), "train")
             finish_run(client, run_id)
             children[run_name] = run_id
+    for run_id in set(earlier.values()) - set(children.values()):  # a live run of a job run again since
+        finish_run(client, run_id, "KILLED")
     finish_run(client, parent)
     for run_id in [*children.values(), parent]:  # the parent last: complete only when all of it is
         retry(client.set_tag, run_id, COMPLETE, "true")
-    record = {"tracking_uri": client._tracking_client.tracking_uri, "experiment_id": exp_id,
-              "parent_run_id": parent, "child_run_ids": children}
+    record = {"tracking_uri": store_uri(client), "experiment_id": exp_id,
+              "parent_run_id": parent, "child_run_ids": children,
+              "live_child_run_ids": sorted(run_id for run_id in children.values() if run_id in live)}
     atomic_write_json(out, record)
     return record
 

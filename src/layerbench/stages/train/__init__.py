@@ -23,6 +23,7 @@ During training there are no stop sequences, so: no EOS within the cap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -253,6 +254,7 @@ def train_arm(
     max_prompt_tokens: int | None = None,
     verifier_name: str = "arith",
     gpus_per_arm: int = 1,
+    live=None,
 ) -> dict:
     """Train one arm; write its run folder atomically (all or nothing).
 
@@ -262,7 +264,10 @@ def train_arm(
     ``RuleSettings.train_launcher``) every process runs this function; all
     take part in training and in gathering the rollouts, and only rank 0
     writes the run folder. A job whose launcher started another number of
-    processes stops before training: its batches would not be the study's."""
+    processes stops before training: its batches would not be the study's.
+    ``live``: how rank 0 begins logging to MLflow while it trains (a
+    ``live.LiveMetrics`` given all but the arm, seed, run identity and cost
+    meter), or None."""
     import torch
     from accelerate.utils import gather_object
     from datasets import Dataset
@@ -315,8 +320,11 @@ def train_arm(
             engine.attach(trainer, model, engine_meter)
         input_grads_blocked = stop_backward_at_arm(model, trainer.args, embeddings_frozen=arm.kind != "full")
         meter = CostMeter(rss_before_model).attach(trainer, decoder_layers(model))
+        live_metrics = live(arm, seed, identity, meter) if live is not None and rank == 0 else None
         if rank == 0:
             trainer.add_callback(progress_callback(f"train {arm.name} seed {seed}", steps))
+        if live_metrics is not None:
+            trainer.add_callback(live_metrics)
         if rl.save_every:
             trainer.add_callback(resume.MarkCheckpoints(out.resume, identity, reward, rank))
             if arm.kind != "full":
@@ -363,6 +371,7 @@ def train_arm(
             "numerics": numerics,
             "cost": {**meter.summary(trainer, seconds, trainable), "input_grads_blocked": input_grads_blocked},
             "checkpoint": checkpoint,
+            "mlflow_run_id": live_metrics.run_id if live_metrics is not None else None,
         }
         if rl.use_vllm:
             summary["vllm"] = engine_meter.summary()
@@ -394,9 +403,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    study = study_paths(args).study
+    paths = study_paths(args)
+    study = paths.study
     arm = Arm.parse(args.arm)
+    live = None
+    # the study's own run of the arm logs live (tracking.live); the repro target's re-run of it does not
+    if study.tracking.live and Path(args.out).resolve() == paths.run(arm, args.seed).path.resolve():
+        from layerbench.stages.train.live import LiveMetrics
+
+        live = functools.partial(LiveMetrics, study.tracking, study.name, paths.mlflow_parent)
     print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
                     study.limits.max_completion_tokens, RunFolder(Path(args.out)),
                     max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
-                    gpus_per_arm=study.resources.gpus_per_arm))
+                    gpus_per_arm=study.resources.gpus_per_arm, live=live))

@@ -147,17 +147,21 @@ class CostMeter(TrainerCallback):
         self.steps += 1
 
     # --- the record ---------------------------------------------------------------
-    def summary(self, trainer, train_seconds: float, trainable: int) -> dict:
-        """summary.json's ``cost``: seconds per phase (whole run and per
-        optimizer step), peak memory, optimizer state, backward depth."""
+    def phase_seconds(self) -> dict:
+        """Seconds so far in each phase of the optimizer steps (see the README's ``cost``)."""
         s = self.seconds
-        seconds = {
+        return {
             "generation": s["generation"],
             "scoring": s["rollout"] - s["generation"],
             "forward_backward": s["step"] - s["rollout"] - s["optimizer"],
             "optimizer": s["optimizer"],
-            "other": train_seconds - s["step"],
         }
+
+    def summary(self, trainer, train_seconds: float, trainable: int) -> dict:
+        """summary.json's ``cost``: seconds per phase (whole run and per
+        optimizer step), peak memory, optimizer state, backward depth."""
+        s = self.seconds
+        seconds = {**self.phase_seconds(), "other": train_seconds - s["step"]}
         steps = max(self.steps, 1)
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         return {
