@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+import mlflow  # noqa: F401 - loaded with this module, before the job measures its RSS before the model
 from transformers import TrainerCallback
 
 from layerbench.runtime.tracking import LIVE, log_run, open_study, retry, start_run
