@@ -15,7 +15,8 @@ import pytest
 from conftest import SHARED_OUTPUTS, share_outputs, snakemake_in, study_workdir
 
 from layerbench.runtime.io import atomic_write_json, read_csv
-from layerbench.stages.train.resume import MARKER, ResumeMismatch, latest_checkpoint
+from layerbench.runtime.time_limit import job_end_time
+from layerbench.stages.train.resume import MARKER, ResumeMismatch, StopBeforeLimit, latest_checkpoint
 
 ARMS = ("full", "layer-1")
 CLOCKS = ("step_time",)  # metrics.csv's wall-clock column: the one thing a resumed run may change
@@ -47,6 +48,26 @@ def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
     with pytest.raises(ResumeMismatch, match=r"differs in: base_sha256, seed\).*delete the folder"):
         latest_checkpoint(tmp_path, _identity(seed=2, base_sha256="d" * 64))
     assert (tmp_path / "checkpoint-2").exists()  # refused, not removed: the user decides
+
+
+def test_a_job_near_its_time_limit_stops_at_its_next_checkpoint_step():
+    from transformers import TrainerControl, TrainerState
+
+    now = [1000.0]
+    stop = StopBeforeLimit(end_time=1700.0, margin=600, every=2, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=8), TrainerControl()
+    stopped = []
+    for step, clock in ((1, 1000.0), (2, 1050.0), (3, 1150.0), (4, 1160.0), (5, 1170.0)):
+        now[0], state.global_step = clock, step
+        stop.on_step_end(None, state, control)
+        stopped.append(control.should_training_stop)
+    # 650 s left at step 2: goes on; 540 s left at step 3, not a checkpoint step; step 4 is one
+    assert stopped == [False, False, False, True, True] and stop.stopped_at == 4
+    last = StopBeforeLimit(end_time=0.0, margin=600, every=2)
+    control = TrainerControl()
+    last.on_step_end(None, TrainerState(max_steps=8, global_step=8), control)
+    assert not control.should_training_stop and last.stopped_at is None  # the last step publishes the run
+    assert job_end_time({}) is None  # not a Slurm job: no limit
 
 
 def _train_pid(work: Path, out: Path) -> int | None:

@@ -17,7 +17,10 @@ the study itself:
 2. the whole study: one training job is cancelled with ``scancel`` while it
    runs; Snakemake reports it;
 3. the same command again: it completes the study, nothing half-written is
-   left, and ``scores.csv`` is byte for byte the local "wide" run's.
+   left, and ``scores.csv`` is byte for byte the local "wide" run's;
+4. one train job again, near its time limit (``rl.save_before_limit``): it
+   saves a checkpoint and exits, Snakemake resubmits it, the new job resumes,
+   and ``scores.csv`` is still byte for byte the local run's.
 
 Then every compute job is checked against the accounting (``sacct``): each
 ran as a Slurm job, and only the localrule ran in Snakemake's own process.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +179,27 @@ def test_study_on_slurm_equals_local_run_through_faults(cluster, study_runs, tmp
     states = sorted(accounting[j]["State"] for j in submitted if accounting[j]["State"] != "COMPLETED")
     print(f"\nSLURM: {len(submitted)} Slurm jobs ({sum(completed.values())} completed; {states}), "
           f"{wall:.0f} s wall for the three invocations")
+
+    # 4. a train job near its time limit: it checkpoints, exits 75, Snakemake resubmits it, the new job
+    # resumes. A save_before_limit of all but 10 s of the job's 2-minute limit stands in for a run
+    # longer than the limit: every job of it stops at its first checkpoint step (rl.save_every).
+    raw = yaml.safe_load((work / "study.yaml").read_text())
+    raw["rl"].update(save_every=2, save_before_limit=110)  # of 4 steps: two jobs
+    raw["resources"]["train"] = {**raw["resources"].get("train", {}), "runtime": 2}
+    (work / "study.yaml").write_text(yaml.safe_dump(raw))
+    shutil.rmtree(results / "runs" / "layer-1" / "seed1")
+    limited = snakemake_in(work, *args, "--set-resources", "checks:mem_mb=16000", "--retries", "1", env=env)
+    text4 = limited.stdout + limited.stderr
+    assert limited.returncode == 0, text4[-6000:]
+    trains = [j for j, rule in slurm_jobs(text4).items() if rule == "train"]
+    assert len(trains) == 2, text4[-6000:]  # the one that stopped, and the one Snakemake resubmitted
+    assert "[time limit] train layer:1 seed 1: fewer than 110 s left, stopped at checkpoint-2; exit 75" in text4
+    log = (results / "logs" / "runs" / "layer-1_seed1.log").read_text()  # the resubmitted job's
+    assert "[resume] train layer:1 seed 1: from checkpoint-2" in log, log[-3000:]
+    assert json.loads((results / "runs" / "layer-1" / "seed1" / "summary.json").read_text())["resumed_from_step"] == 2
+    assert (results / "scores.csv").read_bytes() == (wide / "scores.csv").read_bytes()
+    assert weight_hashes(results) == weight_hashes(wide)
+    assert not (results / "runs" / "layer-1" / "seed1.resume").exists()
 
 
 # --- GPU requests ---------------------------------------------------------------

@@ -185,18 +185,21 @@ class RLConfig(Section):
     policy_dtype: str
     checkpoint_dtype: str
     save_every: int | None
+    save_before_limit: int
 
     def identity(self) -> dict[str, Any]:
         """What distinguishes this arm's training: every field, except the
         GPU-era fields while they hold their schema defaults (stable
-        fingerprints) and ``save_every``, which changes no bit of the result."""
+        fingerprints) and when checkpoints are written (``save_every``,
+        ``save_before_limit``), which changes no bit of the result."""
         from layerbench.config.schema import defaults_at
 
         later = {k: defaults_at(self.KEY).get(k) for k in _RL_LATER_FIELDS}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "save_every"
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RL_CHECKPOINT_FIELDS
                 and not (f.name in later and getattr(self, f.name) == later[f.name])}
 
 
+_RL_CHECKPOINT_FIELDS = frozenset({"save_every", "save_before_limit"})  # when checkpoints are written
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
     "gradient_checkpointing", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "ref_dtype", "policy_dtype",

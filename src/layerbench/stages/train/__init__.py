@@ -48,6 +48,7 @@ from layerbench.runtime.io import (
 from layerbench.runtime.progress import Progress
 from layerbench.runtime.seeding import seed_everything
 from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
+from layerbench.runtime.time_limit import job_end_time
 
 ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward"]
 
@@ -325,14 +326,24 @@ def train_arm(
             trainer.add_callback(progress_callback(f"train {arm.name} seed {seed}", steps))
         if live_metrics is not None:
             trainer.add_callback(live_metrics)
+        stop_before_limit = None
         if rl.save_every:
             trainer.add_callback(resume.MarkCheckpoints(out.resume, identity, reward, rank))
+            end_time = job_end_time()
+            if end_time is not None:
+                stop_before_limit = resume.StopBeforeLimit(end_time, rl.save_before_limit, rl.save_every)
+                trainer.add_callback(stop_before_limit)
             if arm.kind != "full":
                 resume.keep_trained_tensors_only(trainer, arm)
         if resume_from is not None:
             resume.restore(resume_from, reward)
             print(f"[resume] train {arm.name} seed {seed}: from {resume_from.name}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+        if stop_before_limit is not None and stop_before_limit.stopped_at is not None:
+            print(f"[time limit] train {arm.name} seed {seed}: fewer than {rl.save_before_limit} s left, "
+                  f"stopped at checkpoint-{stop_before_limit.stopped_at}; exit {resume.EXIT_RESUBMIT} "
+                  "for Snakemake to resubmit, and the job resumes", flush=True)
+            raise SystemExit(resume.EXIT_RESUBMIT)  # the run folder is not published; the checkpoint stays
         seconds = time.perf_counter() - started
         checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
         rollouts = gather_object(reward.rows)  # every rank's, in rank order

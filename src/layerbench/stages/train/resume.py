@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -139,3 +140,30 @@ class MarkCheckpoints(TrainerCallback):
         for older in self.folder.glob(PREFIX + "*"):
             if older.is_dir() and older.name[len(PREFIX):].isdigit() and _step(older) < state.global_step:
                 shutil.rmtree(older)
+
+
+EXIT_RESUBMIT = 75  # EX_TEMPFAIL: stopped before the scheduler's time limit, resumable
+
+
+class StopBeforeLimit(TrainerCallback):
+    """``rl.save_before_limit``: once fewer than ``margin`` seconds remain
+    before ``end_time`` (the job's time limit), stop training at the next
+    checkpoint step, after transformers saved it and ``MarkCheckpoints``
+    marked it. Rank 0 decides for all ranks, so they stop at the same step."""
+
+    def __init__(self, end_time: float, margin: float, every: int, clock=time.time):
+        self.end_time, self.margin, self.every, self.clock = end_time, margin, every, clock
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps or state.global_step % self.every:
+            return
+        due = [self.clock() > self.end_time - self.margin]
+        import torch.distributed as dist
+        from accelerate.utils import broadcast_object_list
+
+        if dist.is_available() and dist.is_initialized():
+            broadcast_object_list(due, from_process=0)
+        if due[0]:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
