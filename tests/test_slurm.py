@@ -185,18 +185,21 @@ def test_study_on_slurm_equals_local_run_through_faults(cluster, study_runs, tmp
     # longer than the limit: every job of it stops at its first checkpoint step (rl.save_every).
     raw = yaml.safe_load((work / "study.yaml").read_text())
     raw["rl"].update(save_every=2, save_before_limit=110)  # of 4 steps: two jobs
-    raw["resources"]["train"] = {**raw["resources"].get("train", {}), "runtime": 2}
+    raw.setdefault("resources", {}).setdefault("train", {})["runtime"] = 2  # minutes
     (work / "study.yaml").write_text(yaml.safe_dump(raw))
     shutil.rmtree(results / "runs" / "layer-1" / "seed1")
-    limited = snakemake_in(work, *args, "--set-resources", "checks:mem_mb=16000", "--retries", "1", env=env)
+    limited = snakemake_in(work, *args, "--set-resources", "checks:mem_mb=16000", "--retries", "1",
+                           "results/e2e/runs/layer-1/seed1", "all", env=env)  # a missing run alone reruns nothing
     text4 = limited.stdout + limited.stderr
     assert limited.returncode == 0, text4[-6000:]
     trains = [j for j, rule in slurm_jobs(text4).items() if rule == "train"]
     assert len(trains) == 2, text4[-6000:]  # the one that stopped, and the one Snakemake resubmitted
-    assert "[time limit] train layer:1 seed 1: fewer than 110 s left, stopped at checkpoint-2; exit 75" in text4
+    failed = [j for j in trains if re.search(rf"SLURM-job '{j}' failed", text4)]
+    assert failed == trains[:1], text4[-6000:]  # the first stopped (exit 75), the resubmitted one completed
     log = (results / "logs" / "runs" / "layer-1_seed1.log").read_text()  # the resubmitted job's
     assert "[resume] train layer:1 seed 1: from checkpoint-2" in log, log[-3000:]
-    assert json.loads((results / "runs" / "layer-1" / "seed1" / "summary.json").read_text())["resumed_from_step"] == 2
+    summary = json.loads((results / "runs" / "layer-1" / "seed1" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["time_limit_stops"] == [2]
     assert (results / "scores.csv").read_bytes() == (wide / "scores.csv").read_bytes()
     assert weight_hashes(results) == weight_hashes(wide)
     assert not (results / "runs" / "layer-1" / "seed1.resume").exists()

@@ -340,6 +340,8 @@ def train_arm(
             print(f"[resume] train {arm.name} seed {seed}: from {resume_from.name}", flush=True)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
         if stop_before_limit is not None and stop_before_limit.stopped_at is not None:
+            if rank == 0:
+                resume.record_stop(out.resume, stop_before_limit.stopped_at)
             print(f"[time limit] train {arm.name} seed {seed}: fewer than {rl.save_before_limit} s left, "
                   f"stopped at checkpoint-{stop_before_limit.stopped_at}; exit {resume.EXIT_RESUBMIT} "
                   "for Snakemake to resubmit, and the job resumes", flush=True)
@@ -376,6 +378,7 @@ def train_arm(
             "train_seconds": round(seconds, 2),
             "optimizer_steps": steps,
             "resumed_from_step": resume.checkpoint_step(resume_from),
+            "time_limit_stops": resume.time_limit_stops(out.resume),
             "seconds_per_step": round(seconds / steps, 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,

@@ -143,6 +143,17 @@ class MarkCheckpoints(TrainerCallback):
 
 
 EXIT_RESUBMIT = 75  # EX_TEMPFAIL: stopped before the scheduler's time limit, resumable
+STOPS = "layerbench-time-limit-stops.json"  # in the resume folder: the steps earlier jobs of this run stopped at
+
+
+def time_limit_stops(folder: Path) -> list[int]:
+    """The steps at which earlier jobs of this run stopped before their time limit."""
+    path = folder / STOPS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def record_stop(folder: Path, step: int) -> None:
+    atomic_write_json(folder / STOPS, [*time_limit_stops(folder), step])
 
 
 class StopBeforeLimit(TrainerCallback):
