@@ -27,7 +27,7 @@ LB = f"{sys.executable} -m layerbench"
 
 
 wildcard_constraints:
-    arm=r"[A-Za-z0-9-]+",
+    arm=r"[A-Za-z0-9+_-]+",  # slugs: layer-3, full+finish_only
     seed=r"\d+",
     runs=r"runs|repro",
 

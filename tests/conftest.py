@@ -139,6 +139,7 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     Small enough for tests, same code path as the real thing."""
     raw = copy.deepcopy(default_raw())
     raw["study"] = name
+    raw["arms"] = [a for a in raw["arms"] if "+" not in str(a)]  # the control arm: test_workflow's own test
     raw["model"]["build"].update(num_layers=2, sft_steps=300, sft_lr=0.003)
     raw["data"]["synthetic"].update(n_train=600, n_test=40)
     raw["seeds"] = [1]

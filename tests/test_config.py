@@ -8,7 +8,7 @@ from layerbench.stages.train import trl_loss
 def test_default_config_expands_every_layer_and_applies_per_arm_lr():
     study = load_study("config/default.yaml")
     n = study.model.decoder_layer_count
-    assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(n)]
+    assert [a.name for a in study.arms] == ["base", "full"] + [f"layer:{k}" for k in range(n)] + ["full+finish_only"]
     assert study.rl_for(Arm("full")).learning_rate == 3e-5
     assert study.rl_for(Arm("layer", (2,))).learning_rate == 1e-4
     assert study.eval.suites[0].data_files == "results/default/data/test.jsonl"
@@ -30,6 +30,27 @@ def test_multi_layer_arm_and_algorithm_switch():
     assert arm.name == "layers:0,1" and arm.slug == "layers-0-1"
     assert Arm.parse(arm.slug) == arm == Arm.parse(arm.name)
     assert trl_loss(study.rl_for(arm)) == {"loss_type": "dr_grpo", "scale_rewards": "none"}
+
+
+def test_control_arms_are_spelled_once_and_stay_out_of_the_layer_scan():
+    raw = small_study_raw(arms=["base", "full", "layer:all", "full+finish_only", "layer:all+random",
+                                {"layers": [1, 0], "reward": "finish_only"}])
+    study = study_from_dict(raw)
+    names = [a.name for a in study.arms]
+    assert names == ["base", "full", "layer:0", "layer:1", "full+finish_only", "layer:0+random", "layer:1+random",
+                     "layers:0,1+finish_only"]
+    for arm in study.arms:
+        assert Arm.parse(arm.slug) == arm == Arm.parse(arm.name)
+    control = Arm.parse("layer:1+random")
+    assert control.control and not control.in_layer_scan and control.plain == Arm("layer", (1,))
+    assert control.slug == "layer-1+random" and control.label == "layer 1, random reward"
+    assert study.rl_for(control).learning_rate == study.rl_for(Arm("layer", (1,))).learning_rate  # per_arm: layer
+    assert [a.name for a in sorted(study.arms, key=lambda a: a.sort_key)][:4] == names[:4]
+    assert study.repro_arm == Arm("layer", (0,))
+    for bad in ("base+random", "full+correct", "layer:1+none"):
+        raw["arms"] = ["base", "full", bad]
+        with pytest.raises(ConfigError, match="'arms.2'"):
+            study_from_dict(raw)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,37 @@ def test_recording_reward_flags_truncation_and_scores_answers():
     assert reward.step0_sha256 is not None
 
 
+def test_control_rewards_reward_finishing_or_chance_and_record_correctness():
+    """finish_only rewards every rollout that ends inside the cap, right or
+    wrong; random draws with the step-0 batch's correctness as its mean, the
+    same draws after a resume; both record what was actually right."""
+    class Tok:
+        def __call__(self, text):
+            return {"input_ids": [ord(c) for c in text]}
+
+    state = type("State", (), {"global_step": 0})
+    batch = (["Q: 1+1=? A:"] * 4, [" #### 2", " #### 3", " 1+1=2 ####", " #### 2"],
+             [[5, 0], [8, 0], [5, 6, 7], [9, 9]], ["2"] * 4)
+    finish = RecordingReward(Tok(), eos_ids=[0], reward="finish_only")
+    assert finish(*batch, trainer_state=state) == [1.0, 1.0, 0.0, 0.0]  # the last is right but cut off
+    assert [r["correct"] for r in finish.rows] == [1.0, 0.0, 0.0, 1.0]
+    assert finish.__name__ == "finish_only"  # TRL's metric: rewards/finish_only/mean
+
+    draws = {}
+    for seed in (1, 2):
+        chance = RecordingReward(Tok(), eos_ids=[0], reward="random", seed=seed)
+        prompts, completions, ids, answers = batch
+        draws[seed] = [chance(prompts * 50, completions * 50, ids * 50, answers * 50, trainer_state=state)]
+        assert chance.random_mean == 0.5  # two of the four step-0 rollouts are right
+        assert set(draws[seed][0]) == {0.0, 1.0} and abs(sum(draws[seed][0]) / 200 - 0.5) < 0.15
+        later = type("State", (), {"global_step": 3})
+        draws[seed].append(chance(*batch, trainer_state=later))
+        resumed = RecordingReward(Tok(), eos_ids=[0], reward="random", seed=seed)
+        resumed.load(json.loads(json.dumps(chance.state())))
+        assert resumed(*batch, trainer_state=later) == draws[seed][1] and resumed.random_mean == 0.5
+    assert draws[1] != draws[2]
+
+
 @pytest.fixture(scope="module")
 def trained(small_base, tmp_path_factory):
     study = small_base["study"]
@@ -135,3 +166,41 @@ def test_gradient_checkpointing_does_not_pull_frozen_layers_into_backward(traine
     monkeypatch.setattr(train_cost, "stop_backward_at_arm", lambda *args, **kwargs: False)
     _, unblocked = train("unblocked")
     assert unblocked["backward_layers"] == [0, 1]  # what transformers does on its own
+
+
+def test_lora_arm_trains_its_adapters_only_pairs_with_the_others_and_is_saved_as_the_adapter(trained, small_base,
+                                                                                             tmp_path):
+    """lora:1 (PEFT) starts from the base model's outputs (same step-0
+    rollouts as full RL), trains exactly the adapter's parameters (as many
+    as the memory estimate counts), saves PEFT's adapter files, and merged
+    into the base by PEFT changes every adapted weight and nothing else."""
+    from safetensors.torch import load_file
+
+    from layerbench.config.memory import study_shape
+    from layerbench.runtime.checkpoints import load_state
+    from layerbench.stages.checks import audit_parameters, check_param_audit
+
+    study, arm = small_base["study"], Arm.parse("lora:1")
+    out = tmp_path / "lora"
+    summary = train_arm(small_base["model"], small_base["data"] / "train.jsonl", arm, 1, study.rl_for(arm),
+                        study.limits.max_completion_tokens, RunFolder(out))
+    full = json.loads((trained[("full", 1)] / "summary.json").read_text())
+    assert summary["step0_rollout_sha256"] == full["step0_rollout_sha256"]
+    assert summary["trainable_parameters"] == study_shape(study, small_base["model"]).lora_parameters(1)
+    assert summary["checkpoint"]["format"] == "adapter"
+    assert summary["cost"]["backward_layers"] == [0, 1]  # adapters in every layer
+    files = {p.name for p in (out / "checkpoint").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "adapter.json"} <= files
+    assert not any(name.startswith("model") for name in files)
+    adapter = load_file(out / "checkpoint" / "adapter_model.safetensors")
+    assert sum(t.numel() for t in adapter.values()) == summary["trainable_parameters"]
+
+    base = load_file(small_base["model"] / "model.safetensors")
+    rows = audit_parameters(small_base["model"], out / "checkpoint")
+    assert {r["matrix"] for r in rows if r["frac_changed"]} == {n for n in base if arm.trains_tensor(n)}
+    assert len({n for n in base if arm.trains_tensor(n)}) == 7 * study.model.decoder_layer_count
+    check_param_audit(arm, 1, rows)
+    merged = load_state(out / "checkpoint", small_base["model"])
+    with materialized(out / "checkpoint", small_base["model"], tmp_path) as folder:
+        loaded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    assert all(torch.equal(loaded[n], merged[n]) for n in merged)

@@ -311,3 +311,57 @@ def test_two_studies_tracked_at_once_get_their_own_complete_experiments(study_ru
         runs_ = found[f"layerbench-{name}"]
         assert len(runs_) == 5 and all(r.data.tags.get("layerbench.complete") == "true" for r in runs_)
         assert {r.data.tags.get("layerbench.study") for r in runs_ if "mlflow.parentRunId" not in r.data.tags} == {name}
+
+
+def test_control_arms_train_pair_and_report_like_any_arm(study_runs, tmp_path):
+    """full+finish_only and layer:1+random added to the finished e2e study:
+    only they train and evaluate; they pair with every arm of the seed, the
+    parameter audit finds exactly their tensors changed, each gets a C, the
+    headline states the finish-only share of full RL's gain at the cap, and
+    the report shows both while the single-layer scan leaves them out."""
+    import numpy as np
+
+    raw, runs = study_runs
+    work = _copy_workdir(runs["wide"], tmp_path / "w")
+    study = yaml.safe_load((work / "study.yaml").read_text())
+    study["arms"] = [*study["arms"], "full+finish_only", "layer:1+random"]
+    (work / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_study(work, 2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    stats = job_stats(result.stdout + result.stderr)
+    assert stats["train"] == 2 and stats["evaluate"] == 2, stats
+    results = work / "results" / "e2e"
+
+    pairing = read_csv(results / "pairing.csv")
+    assert {r["arm"] for r in pairing} == {"full", "layer:0", "layer:1", "full+finish_only", "layer:1+random"}
+    assert len({r["step0_rollout_sha256"] for r in pairing}) == 1
+    audit = read_csv(results / "param_audit.csv")
+    assert {r["part"] for r in audit if r["arm"] == "full+finish_only" and r["changed"] == "1"} >= {"layers.0", "layers.1"}
+    assert {r["part"] for r in audit if r["arm"] == "layer:1+random" and r["changed"] == "1"} == {"layers.1"}
+    checks = json.loads((results / "checks.json").read_text())
+    assert checks["param_audit"]["ok"] and checks["pairing"]["ok"]
+
+    finish = read_csv(results / "runs" / "full+finish_only" / "seed1" / "rollouts.csv")
+    assert all(float(r["reward"]) == 1 - int(r["truncated"]) for r in finish)
+    plain = read_csv(results / "runs" / "full" / "seed1" / "rollouts.csv")
+    assert all(r["reward"] == r["correct"] for r in plain)
+    chance = read_csv(results / "runs" / "layer-1+random" / "seed1" / "rollouts.csv")
+    step0 = [float(r["correct"]) for r in chance if r["step"] == "0"]
+    mean = sum(step0) / len(step0)
+    assert [float(r["reward"]) for r in chance] == [
+        float(np.random.default_rng([1, int(r["step"]), int(r["rank"]), int(r["index"])]).random() < mean)
+        for r in chance]
+
+    contributions = read_csv(results / "contributions.csv")
+    assert {(r["arm"], r["budget"]) for r in contributions} >= {
+        (a, str(b)) for a in ("full+finish_only", "layer:1+random") for b in raw["limits"]["eval_budgets"]}
+    verdicts = json.loads((results / "verdicts.json").read_text())
+    assert {b["arm"] for b in verdicts["headline"]["budgets"]} <= {"layer:0", "layer:1", None}
+    cap = raw["limits"]["max_completion_tokens"]
+    at_cap = next(r for r in contributions if r["arm"] == "full+finish_only" and int(r["budget"]) == cap)
+    control = next(d for d in verdicts["headline"]["details"] if d.startswith("Controls at the"))
+    assert ("full RL, finish-only reward reaches " + f"{float(at_cap['C']):.2f}" if at_cap["C"]
+            else "full RL, finish-only reward has no share") in control
+    page = (work / "reports" / "e2e" / "index.html").read_text()
+    assert control.replace("'", "&#39;") in page
+    assert "layer 1, random reward" in page

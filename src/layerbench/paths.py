@@ -54,9 +54,9 @@ class RunFolder:
 
 @dataclass(frozen=True)
 class CheckpointFolder:
-    """A run's ``checkpoint``: a whole Hugging Face model (full RL), or a
-    layer arm's trained layers over the base model
-    (``layerbench.runtime.checkpoints``)."""
+    """A run's ``checkpoint``: a whole Hugging Face model (full RL), a
+    layer arm's trained layers over the base model, or a lora arm's PEFT
+    adapter (``layerbench.runtime.checkpoints``)."""
 
     path: Path
 
@@ -69,6 +69,11 @@ class CheckpointFolder:
     def delta_record(self) -> Path:
         """What the delta holds and the hash of the base it lays over."""
         return self.path / "delta.json"
+
+    @property
+    def adapter_record(self) -> Path:
+        """A lora arm's: the hash of the base its adapter (PEFT's own files beside it) was trained on."""
+        return self.path / "adapter.json"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from layerbench.analysis.per_sample import PerSampleTable
 from layerbench.analysis.stats import spearman
-from layerbench.config import Study
+from layerbench.config import Arm, Study
 
 DECOMPOSITION_COLUMNS = ["arm", "budget", "n", "base_accuracy", "arm_accuracy", "gain", "now_right_was_truncated",
                          "now_right_was_wrong_finished", "lost", "finished_share_base", "finished_share_arm"]
@@ -79,7 +79,7 @@ def ranking_rows(contributions: list[dict]) -> list[dict]:
     """Spearman correlation of single-layer C(k) between every pair of budgets."""
     by_budget: dict[int, dict[str, float]] = defaultdict(dict)
     for r in contributions:
-        if r["arm"].startswith("layer:") and r["C"] not in ("", None):
+        if Arm.parse(r["arm"]).in_layer_scan and r["C"] not in ("", None):
             by_budget[int(r["budget"])][r["arm"]] = float(r["C"])
     budgets = sorted(by_budget)
     rows = []

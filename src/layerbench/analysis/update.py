@@ -105,7 +105,7 @@ def c_at_cap(contributions: list[dict] | None, cap: int) -> dict[int, dict]:
     out = {}
     for r in contributions or []:
         arm = Arm.parse(r["arm"])
-        if arm.kind == "layer" and int(r["budget"]) == cap and number(r["C"]) is not None:
+        if arm.in_layer_scan and int(r["budget"]) == cap and number(r["C"]) is not None:
             out[arm.layers[0]] = {"C": number(r["C"]), "lo": number(r["ci_low"]), "hi": number(r["ci_high"])}
     return out
 

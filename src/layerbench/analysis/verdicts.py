@@ -56,7 +56,7 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
     wins: pass the rows in the order the report lists them."""
     per_budget = []
     for budget in budgets:
-        rows = [r for r in contributions if int(r["budget"]) == budget and r["arm"].startswith("layer:")]
+        rows = [r for r in contributions if int(r["budget"]) == budget and Arm.parse(r["arm"]).in_layer_scan]
         defined = [r for r in rows if number(r["C"]) is not None and (r["arm"], budget) not in unstable]
         if not defined:
             reason = next((r["reason"] for r in rows if r["reason"]),
@@ -191,7 +191,7 @@ def budget_dependence(per_budget: list[dict], ranking: list[dict], contributions
 
 
 def _ranks(contributions: list[dict], budget: int) -> dict[str, int]:
-    rows = [r for r in contributions if int(r["budget"]) == budget and r["arm"].startswith("layer:")
+    rows = [r for r in contributions if int(r["budget"]) == budget and Arm.parse(r["arm"]).in_layer_scan
             and number(r["C"]) is not None]
     ordered = sorted(rows, key=lambda r: -float(r["C"]))
     return {r["arm"]: i + 1 for i, r in enumerate(ordered)}
@@ -240,6 +240,39 @@ def unstable_sentence(unstable: list[dict], cap: int) -> str | None:
             + "; ".join(parts) + ".")
 
 
+# What a control arm's share of full RL's gain at the cap (its C) says, by where its interval lies.
+CONTROL_READINGS = {
+    "finish_only": ("most of full RL's gain at the cap is the model learning to finish inside it",
+                    "learning to finish inside the cap explains less than half of full RL's gain"),
+    "random": ("most of full RL's gain at the cap comes from the rollout loop itself, not from the reward",
+               "a random reward gives less than half of full RL's gain: the reward carries most of it"),
+}
+
+
+def control_sentence(contributions: list[dict], cap: int) -> str | None:
+    """How much of full RL's gain at the cap each control arm reaches (its C,
+    with the interval), and what that says: the truncation question (and the
+    rollout loop's share) answered by an experiment, not read off budgets."""
+    parts = []
+    for r in sorted((r for r in contributions if int(r["budget"]) == cap and Arm.parse(r["arm"]).control),
+                    key=lambda r: Arm.sort_key_of(r["arm"])):
+        arm, c = Arm.parse(r["arm"]), number(r["C"])
+        if c is None:
+            parts.append(f"{arm.label} has no share because {r['reason']}")
+            continue
+        lo, hi = number(r["ci_low"]), number(r["ci_high"])
+        text = f"{arm.label} reaches {c:.2f} of full RL's gain" + ("" if lo is None else f" (95% CI {lo:.2f} to {hi:.2f})")
+        most, less = CONTROL_READINGS[arm.reward]
+        if lo is not None and lo > 0.5:
+            text += f": {most}"
+        elif hi is not None and hi < 0.5:
+            text += f": {less}"
+        parts.append(text)
+    if not parts:
+        return None
+    return f"Controls at the {cap}-token training cap: " + "; ".join(parts) + "."
+
+
 def study_verdicts(contributions: list[dict], budgets: list[int], cap: int, scores: list[dict],
                    decomposition: list[dict], ranking: list[dict]) -> dict:
     """What ``verdicts.json`` holds: the headline (answer, sentence, and the
@@ -249,7 +282,8 @@ def study_verdicts(contributions: list[dict], budgets: list[int], cap: int, scor
     flagged = frozenset((u["arm"], u["budget"]) for u in unstable)
     head = headline(contributions, budgets, cap, flagged)
     best_at_cap = best_arms(head).get(cap)
-    details = [budget_dependence(head["budgets"], ranking, contributions, cap),
+    details = [control_sentence(contributions, cap),
+               budget_dependence(head["budgets"], ranking, contributions, cap),
                gain_sources(decomposition, ["full"] + ([best_at_cap] if best_at_cap else []), cap),
                unstable_sentence(unstable, cap)]
     head.update(details=[d for d in details if d], unstable=unstable)

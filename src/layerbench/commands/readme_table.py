@@ -1,11 +1,13 @@
 """``layerbench readme-table``: the README's results block, made from a run.
 
-The README quotes the default study's numbers. Written by hand they drift
-from what the code produces; here they are rendered from a study's
-``scores.csv`` and ``decomposition.csv`` and kept between two markers, so
-``--check`` fails when the README and the results disagree and ``--write``
-replaces the block. The default study runs under ``numerics: portable``, so a
-fresh clone on any x86-64 machine with AVX2 reproduces the block exactly.
+The README quotes the numbers of the default study and of the controls
+study (``config/controls.yaml``). Written by hand they drift from what the
+code produces; here they are rendered from a study's ``scores.csv``,
+``decomposition.csv`` and, for control arms, ``contributions.csv``, and kept
+between two markers named after the study, so ``--check`` fails when the
+README and the results disagree and ``--write`` replaces the block. Both
+studies run under ``numerics: portable``, so a fresh clone on any x86-64
+machine with AVX2 reproduces the blocks exactly.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ from layerbench.config import Arm
 from layerbench.paths import StudyFolder
 from layerbench.runtime.io import read_csv
 
-BEGIN = "<!-- results: made by `layerbench readme-table docs/default-study --write README.md`; do not edit -->"
-END = "<!-- /results -->"
+def markers(study: str) -> tuple[str, str]:
+    """The lines that open and close a study's block in the README."""
+    return (f"<!-- results of {study}: made by `layerbench readme-table docs/{study}-study --write README.md`; "
+            "do not edit -->", f"<!-- /results of {study} -->")
 
 
 def results_block(results: Path) -> str:
-    """Markdown table (mean over seeds, first task) and the full arm's gain decomposition at the cap."""
+    """Markdown table (mean over seeds, first task) and the full arm's gain
+    decomposition at the cap; with control arms, each arm's share of full
+    RL's gain at the cap (C, from ``contributions.csv``)."""
     files = StudyFolder.files_in(results)
     study = yaml.safe_load(files.study_file.read_text())
     cap = int(study["limits"]["max_completion_tokens"])
+    begin, end = markers(study["study"])
     scores = read_csv(files.scores)
     task = scores[0]["task"]
     top = max(int(r["budget"]) for r in scores)
@@ -39,23 +46,38 @@ def results_block(results: Path) -> str:
             cells[r["arm"], int(r["budget"]), "accuracy"].append(float(r["accuracy"]))
             cells[r["arm"], int(r["budget"]), "truncated"].append(float(r["truncated_rate"]))
     seeds = sorted({r["seed"] for r in scores})
-    lines = [f"| arm | accuracy @{cap} (cap) | truncated @{cap} | accuracy @{top} |", "|---|---|---|---|"]
-    for arm in sorted({r["arm"] for r in scores}, key=Arm.sort_key_of):
+    arms = sorted({r["arm"] for r in scores}, key=Arm.sort_key_of)
+    shares = gain_shares(files.contributions, cap) if any(Arm.parse(a).control for a in arms) else None
+    header = f"| arm | accuracy @{cap} (cap) | truncated @{cap} | accuracy @{top} |"
+    lines = [header + (" share of full RL's gain @cap |" if shares else ""), "|---|---|---|---|" + ("---|" * bool(shares))]
+    for arm in arms:
         lines.append(f"| {arm} | {fmean(cells[arm, cap, 'accuracy']):.3f} | "
-                     f"{100 * fmean(cells[arm, cap, 'truncated']):.0f}% | {fmean(cells[arm, top, 'accuracy']):.3f} |")
+                     f"{100 * fmean(cells[arm, cap, 'truncated']):.0f}% | {fmean(cells[arm, top, 'accuracy']):.3f} |"
+                     + (f" {shares.get(arm, '')} |" if shares else ""))
     full = next(r for r in read_csv(files.decomposition) if r["arm"] == "full" and int(r["budget"]) == cap)
     lines += ["", f"Mean of {len(seeds)} seeds ({', '.join(seeds)}), {scores[0]['n']} test problems, task `{task}`. "
               f"Full RL's {float(full['gain']):+.3f} at the cap is {float(full['now_right_was_truncated']):g} problems "
               f"that no longer run out of budget, {float(full['now_right_was_wrong_finished']):g} that now finish "
               f"with the right answer, minus {float(full['lost']):g} lost (per seed, from `decomposition.csv`)."]
-    return "\n".join([BEGIN, *lines, END])
+    return "\n".join([begin, *lines, end])
+
+
+def gain_shares(contributions: Path, cap: int) -> dict[str, str]:
+    """{arm: "C [low, high]"} at the cap, the 95% interval where there is one."""
+    out = {}
+    for r in read_csv(contributions):
+        if int(r["budget"]) == cap and r["C"] != "":
+            out[r["arm"]] = f"{float(r['C']):.2f}" + (f" [{float(r['ci_low']):.2f}, {float(r['ci_high']):.2f}]"
+                                                     if r["ci_low"] != "" else "")
+    return out
 
 
 def replace_block(text: str, block: str) -> str:
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"no results block in the README (markers {BEGIN!r} ... {END!r})")
-    return text[:start] + block + text[end + len(END):]
+    begin, end = block.splitlines()[0], block.splitlines()[-1]
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"no results block in the README (markers {begin!r} ... {end!r})")
+    return text[:start] + block + text[stop + len(end):]
 
 
 def readme_table_command(results: Path, check: Path | None, write: Path | None) -> int:

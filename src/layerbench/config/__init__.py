@@ -96,7 +96,7 @@ class Study:
         chosen = self.raw.get("repro", {}).get("arm")
         if chosen:
             return Arm.parse(chosen)
-        return next((a for a in self.trained_arms if a.kind == "layer"), self.trained_arms[0])
+        return next((a for a in self.trained_arms if a.in_layer_scan), self.trained_arms[0])
 
     @property
     def repro_seed(self) -> int:
@@ -151,7 +151,7 @@ def study_from_dict(raw: dict, source: str = "config") -> Study:
         runtime=raw["runtime"],
         raw=raw,
     )
-    if not any(a.kind == "base" for a in study.arms) or not any(a.kind == "full" for a in study.arms):
+    if Arm("base") not in study.arms or Arm("full") not in study.arms:
         raise ConfigError(f"{source}: key 'arms' must include 'base' and 'full' (C(k) is relative to both)")
     problems = cross_field_problems(study)
     if problems:

@@ -3,7 +3,17 @@ one arm trains, its names in tables and folders, and its RL settings.
 
 Two spellings, one per context: ``name`` (``layer:3``, as in configs,
 tables and MLflow) and ``slug`` (``layer-3``, as in folders and rule
-wildcards); ``parse`` reads both."""
+wildcards); ``parse`` reads both.
+
+Control arms: ``<arm>+<reward>`` trains ``<arm>`` (full, layer:K,
+layers:I,J; in a config also layer:all) on another reward than correctness
+(``REWARDS``): ``full+finish_only``, ``layer:3+random`` (slug
+``layer-3+random``). They pair with every other arm of their seed and get a
+C like any arm, but stay out of the single-layer scan (``in_layer_scan``).
+
+``lora:R`` trains a rank-R LoRA adapter (PEFT) on every decoder layer's
+linear maps (``LORA_TARGETS``), everything else frozen: is a single layer's
+success about where the update is, or about how few parameters RL needs?"""
 
 from __future__ import annotations
 
@@ -14,13 +24,28 @@ from layerbench.config.sections import RLConfig
 
 DECODER_LAYERS = "model.layers"  # where a Qwen-style causal LM keeps its decoder layers (module path)
 
+# The reward an arm trains on; the first is every ordinary arm's.
+REWARDS = {
+    "correct": "1 when the final answer is right, else 0",
+    "finish_only": "1 when the rollout ends inside the cap (EOS), whatever the answer: does RL only learn to finish?",
+    "random": "Bernoulli with the seed, its mean the base model's step-0 reward: what the rollout loop alone gives",
+}
+KIND_ORDER = {"base": 0, "full": 1, "layer": 2, "layers": 3, "lora": 4}
+# The linear maps of a Qwen decoder layer a LoRA arm adapts ("LoRA Without Regret": all of them, MLP included),
+# and its scale alpha (the adapter's update is alpha / rank * B @ A), as in that study.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_ALPHA = 32
+
 
 @dataclass(frozen=True)
 class Arm:
-    """One training arm. ``layers`` is None for base and full."""
+    """One training arm. ``layers`` is None for base, full and lora;
+    ``rank`` is a lora arm's; ``reward`` a key of ``REWARDS``."""
 
-    kind: str  # base | full | layer | layers
+    kind: str  # base | full | layer | layers | lora
     layers: tuple[int, ...] | None = None
+    reward: str = "correct"
+    rank: int | None = None
 
     @classmethod
     def expand(cls, items: list, num_layers: int) -> tuple["Arm", ...]:
@@ -30,9 +55,10 @@ class Arm:
         arms: list[Arm] = []
         for i, item in enumerate(items):
             if isinstance(item, dict):
-                new = [cls("layers", tuple(sorted(item["layers"])))]
-            elif item == "layer:all":
-                new = [cls("layer", (k,)) for k in range(num_layers)]
+                new = [cls("layers", tuple(sorted(item["layers"])), item.get("reward", "correct"))]
+            elif item.split("+")[0] == "layer:all":
+                reward = cls.parse(item.replace("layer:all", "full")).reward
+                new = [cls("layer", (k,), reward) for k in range(num_layers)]
             else:
                 new = [cls.parse(item)]
             for arm in new:
@@ -48,35 +74,56 @@ class Arm:
         """The study's ``rl`` with ``rl.per_arm`` overrides: kind first, then
         the exact arm (so ``layer:3`` beats ``layer``)."""
         settings = asdict(rl)
-        for key in (self.kind, self.name):
+        for key in (self.kind, self.plain.name, self.name):
             settings.update(per_arm.get(key, {}))
         return RLConfig(**settings)
 
     @property
     def name(self) -> str:
-        if self.kind in ("base", "full"):
-            return self.kind
-        return f"{self.kind}:{','.join(map(str, self.layers))}"
+        return self._spelled(":", ",")
 
     @property
     def slug(self) -> str:
-        if self.kind in ("base", "full"):
-            return self.kind
-        return f"{self.kind}-{'-'.join(map(str, self.layers))}"
+        return self._spelled("-", "-")
+
+    def _spelled(self, after_kind: str, between: str) -> str:
+        numbers = (self.rank,) if self.kind == "lora" else self.layers
+        text = self.kind if numbers is None else f"{self.kind}{after_kind}{between.join(map(str, numbers))}"
+        return text if self.reward == "correct" else f"{text}+{self.reward}"
+
+    @property
+    def plain(self) -> "Arm":
+        """The arm with the correctness reward: what a control arm controls for."""
+        return Arm(self.kind, self.layers, rank=self.rank)
+
+    @property
+    def control(self) -> bool:
+        return self.reward != "correct"
+
+    @property
+    def in_layer_scan(self) -> bool:
+        """A single layer trained on correctness: the arms the headline ranks."""
+        return self.kind == "layer" and not self.control
 
     @property
     def label(self) -> str:
-        """How sentences and the report name an arm: ``layer 3``, ``layers 1+2``, ``full RL``."""
+        """How sentences and the report name an arm: ``layer 3``, ``layers 1+2``,
+        ``full RL``, ``full RL, finish-only reward``."""
         if self.kind == "layer":
-            return f"layer {self.layers[0]}"
-        if self.kind == "layers":
-            return "layers " + "+".join(map(str, self.layers))
-        return {"base": "base", "full": "full RL"}[self.kind]
+            text = f"layer {self.layers[0]}"
+        elif self.kind == "layers":
+            text = "layers " + "+".join(map(str, self.layers))
+        elif self.kind == "lora":
+            text = f"LoRA rank {self.rank}"
+        else:
+            text = {"base": "base", "full": "full RL"}[self.kind]
+        return text if not self.control else f"{text}, {self.reward.replace('_', '-')} reward"
 
     @property
     def sort_key(self) -> tuple:
-        """Base, full RL, single layers by index, then layer sets: every table's order."""
-        return ({"base": 0, "full": 1, "layer": 2, "layers": 3}[self.kind], self.layers or ())
+        """Base, full RL, single layers by index, layer sets, then the control
+        arms in the same order, by reward: every table's order."""
+        return (list(REWARDS).index(self.reward), KIND_ORDER[self.kind], self.layers or (), self.rank or 0)
 
     @staticmethod
     def label_of(name: str) -> str:
@@ -94,6 +141,22 @@ class Arm:
         (empty for base and full, which have no layer list)."""
         return tuple(f"{DECODER_LAYERS}.{k}." for k in self.layers or ())
 
+    def trains_part(self, part: str) -> bool:
+        """Whether training may change a part of the parameter audit
+        (``embed``, ``layers.K``, ``final_norm``, ``lm_head``)."""
+        if self.kind == "full":
+            return True
+        if self.kind == "lora":
+            return part.startswith("layers.")
+        return part in {f"layers.{k}" for k in self.layers or ()}
+
+    def trains_tensor(self, name: str) -> bool:
+        """Whether training may change a state-dict tensor: a lora arm's merged
+        adapters change the targets' weights only (not their biases, not the norms)."""
+        if self.kind == "lora":
+            return name.startswith(DECODER_LAYERS + ".") and name.endswith(tuple(f".{t}.weight" for t in LORA_TARGETS))
+        return self.kind == "full" or name.startswith(self.tensor_prefixes)
+
     @property
     def trains(self) -> bool:
         return self.kind != "base"
@@ -101,9 +164,21 @@ class Arm:
     @classmethod
     def parse(cls, text: str) -> "Arm":
         """Inverse of ``name`` and ``slug``."""
-        text = text.strip()
+        text, _, reward = text.strip().partition("+")
+        plain = cls._parse_plain(text)
+        if not reward:
+            return plain
+        if reward not in REWARDS or reward == "correct" or plain.kind == "base":
+            raise ConfigError(f"unknown arm {text + '+' + reward!r}: a control arm is full, layer:K, layers:I,J or "
+                              "lora:R followed by one of " + ", ".join(f"+{r}" for r in list(REWARDS)[1:]))
+        return cls(plain.kind, plain.layers, reward, plain.rank)
+
+    @classmethod
+    def _parse_plain(cls, text: str) -> "Arm":
         if text in ("base", "full"):
             return cls(text)
+        if text[:5] in ("lora:", "lora-") and text[5:].isdigit() and int(text[5:]) > 0:
+            return cls("lora", rank=int(text[5:]))
         for kind in ("layers", "layer"):
             for sep in (":", "-"):
                 if text.startswith(kind + sep):
@@ -115,4 +190,5 @@ class Arm:
                     if kind == "layer" and len(layers) != 1:
                         break
                     return cls(kind, layers)
-        raise ConfigError(f"unknown arm {text!r}: expected base, full, layer:K or layers:I,J")
+        raise ConfigError(f"unknown arm {text!r}: expected base, full, layer:K, layers:I,J or lora:R, "
+                          "optionally followed by +finish_only or +random")

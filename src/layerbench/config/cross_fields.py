@@ -64,8 +64,13 @@ def cross_field_problems(study: Study) -> list[str]:
                    f"by the CPU's own instruction set (and crash under portable's AVX2 caps on AMX machines): set "
                    f"numerics: native; vLLM's bits are machine-specific, and the repro target reports their spread")
     names = {a.name for a in study.arms}
+    lora = [a.name for a in study.arms if a.kind == "lora" and study.rl_for(a).use_vllm]
+    if lora:
+        out.append(f"key 'arms': {', '.join(lora)} with rl.use_vllm: true is not supported yet (layerbench syncs "
+                   "the engine tensor by tensor, and vLLM knows no adapter tensors); train lora arms with "
+                   "rl.use_vllm: false (rl.per_arm.lora)")
     for key in study.per_arm:
-        if key not in ("full", "layer", "layers") and Arm.parse(key).name not in names:
+        if key not in ("full", "layer", "layers", "lora") and Arm.parse(key).name not in names:
             out.append(f"key 'rl.per_arm.{key}': arm {key} is not in this study (arms: {', '.join(sorted(names))})")
     context, _ = study.model.context()
     limits = study.limits

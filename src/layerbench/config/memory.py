@@ -59,6 +59,13 @@ class ModelShape:
             + (2 * self.head_dim if self.qk_norm else 0)
         return attention + 3 * h * self.intermediate_size + 2 * h  # + MLP + two RMSNorms
 
+    def lora_parameters(self, rank: int) -> int:
+        """A rank-``rank`` LoRA adapter on every layer's LORA_TARGETS: r x (in + out) per map."""
+        h, q, kv, inter = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
+            self.intermediate_size
+        per_layer = (h + q) + 2 * (h + kv) + (q + h) + 3 * (h + inter)  # q, k, v, o; gate, up, down
+        return rank * per_layer * self.num_layers
+
     def parameters(self) -> int:
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tied else 2)
         return embeddings + self.num_layers * self.layer_parameters() + self.hidden_size  # + final norm
@@ -74,13 +81,16 @@ KNOWN_SHAPES = {
 
 
 def trained_layers(arm) -> int | None:
-    """How many decoder layers an arm trains; None for the full arm."""
-    return None if arm.kind == "full" else len(arm.layers)
+    """How many decoder layers an arm trains whole; None for the full arm, 0 for a lora arm."""
+    return None if arm.kind == "full" else len(arm.layers or ())
 
 
-def trainable_parameters(shape: ModelShape, trained_layers: int | None) -> int:
-    """All parameters for the full arm (``None``), else the trained layers'."""
-    return shape.parameters() if trained_layers is None else trained_layers * shape.layer_parameters()
+def trainable_parameters(shape: ModelShape, trained_layers: int | None, lora_rank: int | None = None) -> int:
+    """All parameters for the full arm (``None``), else the trained layers'
+    and a lora arm's adapter's."""
+    if trained_layers is None:
+        return shape.parameters()
+    return trained_layers * shape.layer_parameters() + (shape.lora_parameters(lora_rank) if lora_rank else 0)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class TrainingPlan:
     # resources.gpus_per_arm on a GPU (1 on CPU): FSDP shards weights, gradients, optimizer states and the reference over these
     gpus_per_arm: int = 1
     device: str = "gpu"
+    lora_rank: int | None = None  # a lora arm's adapter rank: its parameters are added to the model's
 
 
 def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
@@ -112,7 +123,8 @@ def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
     (TRL's selective log-softmax), one copy plus one float32 row. An upper
     bound for layer arms, which back-propagate only from their lowest layer."""
     size, act = BYTES[plan.policy_dtype], 2 if plan.bf16 else 4
-    trainable = trainable_parameters(shape, plan.trained_layers)
+    trainable = trainable_parameters(shape, plan.trained_layers, plan.lora_rank)
+    adapter = shape.lora_parameters(plan.lora_rank) if plan.lora_rank else 0
     tokens, h, inter = plan.micro_batch * (plan.prompt + plan.completion), shape.hidden_size, shape.intermediate_size
     if plan.gradient_checkpointing:
         activations = shape.num_layers * tokens * h * 4 + tokens * (8 * h + 3 * inter) * act
@@ -122,7 +134,7 @@ def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
     kv_cache = (0 if plan.vllm_share_gb else plan.generation_batch * (plan.prompt + plan.completion)
                 * shape.num_layers * 2 * shape.num_kv_heads * shape.head_dim * act)
     sharded = {
-        "weights": shape.parameters() * size,
+        "weights": (shape.parameters() + adapter) * size,
         "gradients": trainable * size,
         "optimizer": trainable * 2 * size,  # AdamW: two moments in the parameters' dtype
         "reference": shape.parameters() * BYTES[plan.ref_dtype or plan.policy_dtype] if plan.beta > 0 else 0,
@@ -135,10 +147,11 @@ def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
     return out
 
 
-def checkpoint_gb(shape: ModelShape, trained_layers: int | None, dtype: str = "float32") -> float:
+def checkpoint_gb(shape: ModelShape, trained_layers: int | None, dtype: str = "float32",
+                  lora_rank: int | None = None) -> float:
     """Disk of one checkpoint: the whole model for the full arm, only the
-    trained layers for a layer arm (a layer delta)."""
-    return trainable_parameters(shape, trained_layers) * BYTES[dtype] / GB
+    trained layers for a layer arm (a layer delta), the adapter for a lora arm."""
+    return trainable_parameters(shape, trained_layers, lora_rank) * BYTES[dtype] / GB
 
 
 def study_shape(study, model_dir=None) -> ModelShape | None:
@@ -167,7 +180,7 @@ def arm_plan(study, arm, gpu_memory_gb: float | None) -> TrainingPlan:
         prompt=study.limits.max_prompt_tokens, completion=study.limits.max_completion_tokens,
         gradient_checkpointing=rl.gradient_checkpointing,
         vllm_share_gb=rl.vllm_gpu_memory_utilization * gpu_memory_gb if rl.use_vllm and gpu_memory_gb else 0.0,
-        gpus_per_arm=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu")
+        gpus_per_arm=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu", lora_rank=arm.rank)
 
 
 def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dict]:
@@ -179,7 +192,7 @@ def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dic
         return []
     rows, seen = [], set()
     for arm in study.trained_arms:
-        kind = (arm.kind, len(arm.layers or ()))
+        kind = (arm.kind, len(arm.layers or ()), arm.rank)
         if kind in seen:
             continue
         seen.add(kind)
@@ -189,7 +202,7 @@ def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dic
         rows.append({"arm": arm.name, "processes": study.resources.gpus_per_arm, **{k: round(v, 2) for k, v in memory.items()},
                      "gpu_memory_gb": gpu_memory_gb,
                      "fits": None if gpu_memory_gb is None else memory["total"] <= gpu_memory_gb,
-                     "checkpoint_gb": round(checkpoint_gb(shape, plan.trained_layers, dtype), 4)})
+                     "checkpoint_gb": round(checkpoint_gb(shape, plan.trained_layers, dtype, plan.lora_rank), 4)})
     return rows
 
 
@@ -208,7 +221,7 @@ def study_totals(study, model_dir=None) -> dict:
         else:
             tokens = None  # rl.epochs over a whole Hub split: its size is known after download
         if shape is not None:
-            disk += checkpoint_gb(shape, trained_layers(arm), rl.checkpoint_dtype) * len(study.seeds)
+            disk += checkpoint_gb(shape, trained_layers(arm), rl.checkpoint_dtype, arm.rank) * len(study.seeds)
     budgets = study.limits.eval_budgets
     per_problem = sum(budgets) if study.eval.derive_budgets is False else max(budgets)
     eval_tokens = per_problem * sum(s.repeats for s in study.eval.suites) * len(study.arms) * len(study.seeds)

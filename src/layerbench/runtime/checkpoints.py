@@ -6,7 +6,10 @@ model's, bit for bit (the parameter audit proves it). Saving that rest again
 for every layer arm and seed would multiply a study's disk by its number of
 arms, so a layer arm's checkpoint holds only its layers' tensors
 (``delta.safetensors``) and ``delta.json``, which names the base model by
-the hash of its weights.
+the hash of its weights. A lora arm's is PEFT's adapter folder
+(``adapter_model.safetensors``, ``adapter_config.json``) and ``adapter.json``
+with the same hash; reading it merges the adapter into the base with PEFT's
+own ``merge_and_unload``.
 
 Readers never open a checkpoint's files themselves: ``load_state`` gives the
 whole state dict (the checks), ``materialized`` a whole model folder on disk
@@ -28,6 +31,7 @@ from layerbench.runtime.io import atomic_write_json, link_or_copy, scratch_besid
 
 DELTA_FORMAT = "layerbench-layer-delta"
 DELTA_VERSION = 1
+ADAPTER_FORMAT = "layerbench-lora-adapter"
 WEIGHTS = "model.safetensors"  # Hugging Face's name for a model's single weights file
 SHARD_INDEX = "model.safetensors.index.json"  # names the shards; a materialized model has one file
 
@@ -50,8 +54,8 @@ def base_sha256(model_dir: Path) -> str:
 
 def save_checkpoint(trainer, tokenizer, arm, base_dir: Path, checkpoint_dir: Path, dtype: str) -> dict | None:
     """Save the trained model of ``arm`` cast to ``dtype`` (float32 or
-    bfloat16): a whole model folder for ``full``, else the delta of its
-    decoder layers over ``base_dir``.
+    bfloat16): a whole model folder for ``full``, the PEFT adapter for
+    ``lora``, else the delta of its decoder layers over ``base_dir``.
 
     Call it on every process of a distributed run: gathering the state dict
     is a collective (one process, DDP or FSDP alike). Only the main process
@@ -69,6 +73,12 @@ def save_checkpoint(trainer, tokenizer, arm, base_dir: Path, checkpoint_dir: Pat
         model.save_pretrained(folder.path, state_dict=cast_shared(state, cast))
         tokenizer.save_pretrained(folder.path)
         kind = "full"
+    elif arm.kind == "lora":
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(folder.path, state_dict=cast_shared(state, cast))
+        atomic_write_json(folder.adapter_record, {"format": ADAPTER_FORMAT, "version": DELTA_VERSION,
+                                                  "base_sha256": base_hash, "rank": arm.rank, "dtype": dtype})
+        kind = "adapter"
     else:
         from safetensors.torch import save_file
 
@@ -104,6 +114,15 @@ def is_delta(checkpoint_dir: Path) -> bool:
     return CheckpointFolder(Path(checkpoint_dir)).delta_record.is_file()
 
 
+def is_adapter(checkpoint_dir: Path) -> bool:
+    return CheckpointFolder(Path(checkpoint_dir)).adapter_record.is_file()
+
+
+def needs_base(checkpoint_dir: Path) -> bool:
+    """A checkpoint that is not a whole model: a layer delta or a LoRA adapter."""
+    return is_delta(checkpoint_dir) or is_adapter(checkpoint_dir)
+
+
 def load_weights(model_dir: Path) -> dict:
     """The tensors of a whole model folder (every ``*.safetensors`` file)."""
     from safetensors.torch import load_file
@@ -122,19 +141,14 @@ def load_state(checkpoint_dir: Path, base_dir: Path) -> dict:
     delta, the base's tensors with the delta's laid over them, once the base
     is the one it was trained from and every delta tensor has a place in it."""
     folder = CheckpointFolder(Path(checkpoint_dir))
+    if is_adapter(folder.path):
+        _check_base(folder.adapter_record, ADAPTER_FORMAT, base_dir)
+        return merged_adapter(folder.path, base_dir)
     if not is_delta(folder.path):
         return load_weights(folder.path)
     from safetensors.torch import load_file
 
-    record = json.loads(folder.delta_record.read_text())
-    if (record.get("format"), record.get("version")) != (DELTA_FORMAT, DELTA_VERSION):
-        raise IntegrityError(f"{folder.delta_record}: not a {DELTA_FORMAT} version {DELTA_VERSION} record")
-    recorded, actual = record["base_sha256"], base_sha256(base_dir)
-    if recorded != actual:
-        raise IntegrityError(
-            f"{folder.path} holds only trained layers over a base model whose weights hash to {recorded}, "
-            f"but the base model given, {base_dir}, hashes to {actual}: read it with the base model it was "
-            "trained from, or train the run again from this one")
+    _check_base(folder.delta_record, DELTA_FORMAT, base_dir)
     state, delta = load_weights(base_dir), load_file(folder.delta)
     misplaced = [n for n, t in delta.items() if n not in state or state[n].shape != t.shape]
     if misplaced:
@@ -143,16 +157,44 @@ def load_state(checkpoint_dir: Path, base_dir: Path) -> dict:
     return {**state, **delta}
 
 
+def _check_base(record_file: Path, kind: str, base_dir: Path) -> None:
+    """Refuse a record of another format, or one trained over another base model."""
+    record = json.loads(record_file.read_text())
+    if (record.get("format"), record.get("version")) != (kind, DELTA_VERSION):
+        raise IntegrityError(f"{record_file}: not a {kind} version {DELTA_VERSION} record")
+    recorded, actual = record["base_sha256"], base_sha256(base_dir)
+    if recorded != actual:
+        raise IntegrityError(
+            f"{record_file.parent} holds only trained tensors over a base model whose weights hash to {recorded}, "
+            f"but the base model given, {base_dir}, hashes to {actual}: read it with the base model it was "
+            "trained from, or train the run again from this one")
+
+
+def merged_adapter(adapter_dir: Path, base_dir: Path) -> dict:
+    """The base model's tensors with a LoRA adapter merged in by PEFT
+    (W + alpha / r * B @ A on each adapted weight), under the base's names."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    names = load_weights(base_dir)
+    dtype = next(iter(names.values())).dtype
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+    with torch.no_grad():
+        state = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().state_dict()
+    return {n: state[n].contiguous() for n in names}
+
+
 @contextmanager
 def materialized(checkpoint_dir: Path, base_dir: Path, beside: Path) -> Iterator[Path]:
     """A whole Hugging Face model folder for ``checkpoint_dir``, for readers
     that load only those: a full checkpoint (or a base model) is one already;
-    a delta becomes a temporary folder beside ``beside`` (the job's output:
+    a delta or an adapter becomes a temporary folder beside ``beside`` (the job's output:
     same disk; one a killed job left is removed first) with the base's config and tokenizer files
     and ``model.safetensors`` from ``load_state``, removed when the block
     ends, on errors too. Its tensors are the base's names (a tied base has
     no ``lm_head.weight``: neither has this)."""
-    if not is_delta(checkpoint_dir):
+    if not needs_base(checkpoint_dir):
         yield Path(checkpoint_dir)
         return
     folder = scratch_beside(Path(beside), "materialized-")

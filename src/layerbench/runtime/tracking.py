@@ -84,7 +84,8 @@ def experiment_id(client, name: str, attempts: int = 10) -> str:
 
 
 def metric_key(name: str) -> str:
-    """MLflow metric names allow alphanumerics and _ - . space : /"""
+    """MLflow names of metrics, params and tags allow alphanumerics and _ - . space : /
+    (a control arm's ``+`` becomes ``_``)."""
     return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
 
 
@@ -92,11 +93,11 @@ def log_run(client, run_id: str, params: dict, metrics: list[tuple[str, float, i
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    param_list = [Param(k, v[:6000]) for k, v in params.items()]
+    param_list = [Param(metric_key(k), v[:6000]) for k, v in params.items()]
     for i in range(0, len(param_list), 90):
         retry(client.log_batch, run_id, params=param_list[i : i + 90])
     if tags:
-        retry(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        retry(client.log_batch, run_id, tags=[RunTag(metric_key(k), str(v)) for k, v in tags.items()])
     metric_list = [Metric(metric_key(k), float(v), now, step) for k, v, step in metrics
                    if v is not None and not (isinstance(v, float) and math.isnan(v))]
     for i in range(0, len(metric_list), MAX_BATCH):

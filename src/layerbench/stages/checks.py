@@ -185,11 +185,15 @@ def check_param_audit(arm: Arm, seed: int, rows: list[dict]) -> None:
 
 
 def param_audit_problems(arm: Arm, seed: int, rows: list[dict]) -> list[str]:
+    """Parts the arm does not train that changed, and trained parts that did
+    not; for a lora arm also any changed tensor that is not an adapted weight."""
     if arm.kind == "full":
         return []
-    allowed = {f"layers.{k}" for k in arm.layers}
-    leaked = list(dict.fromkeys(r["part"] for r in rows if r["changed"] and r["part"] not in allowed))
-    frozen = [p for p in sorted(allowed) if not any(r["part"] == p and r["changed"] for r in rows)]
+    allowed = {r["part"] for r in rows if arm.trains_part(r["part"])}
+    leaked = list(dict.fromkeys(r["part"] for r in rows if int(r["changed"]) and r["part"] not in allowed))
+    if arm.kind == "lora":
+        leaked += [r["matrix"] for r in rows if number(r.get("frac_changed")) and not arm.trains_tensor(r["matrix"])]
+    frozen = [p for p in sorted(allowed, key=part_order) if not any(r["part"] == p and int(r["changed"]) for r in rows)]
     problems = []
     if leaked:
         problems.append(f"{arm.name} seed {seed}: frozen parts changed: {', '.join(leaked)}")
@@ -280,7 +284,7 @@ def param_audit_summary(rows: list[dict]) -> dict:
                 row.append(None)
                 continue
             changed = any(r["changed"] for r in sel)
-            trained = a.kind == "full" or part in {f"layers.{k}" for k in a.layers or ()}
+            trained = a.trains_part(part)
             row.append({"changed": changed, "rel": max(number(r["rel_change"]) or 0.0 for r in sel),
                         "status": "error" if a.kind != "full" and changed != trained else "ok"})
         table.append({"arm": arm, "cells": row})

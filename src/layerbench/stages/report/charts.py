@@ -61,6 +61,9 @@ def arm_style(name: str, num_layers: int) -> dict:
     import matplotlib
 
     arm = Arm.parse(name)
+    if arm.control:  # a control arm: its plain arm's colour, dotted, a hollow marker of its reward's own shape
+        plain = arm_style(arm.plain.name, num_layers)
+        return {**plain, "ls": ":", "marker": {"finish_only": "^", "random": "x"}[arm.reward], "mfc": "none"}
     if arm.kind == "base":
         return {"color": "#8a8a8a", "ls": ":", "lw": 1.8, "marker": "s"}
     if arm.kind == "full":

@@ -52,7 +52,7 @@ def contribution_chart(contributions: list[dict]) -> str | None:
     """C(k) by layer with 95% CIs, one series per budget."""
     by_budget = defaultdict(list)
     for row in contributions:
-        if row["arm"].startswith("layer:") and number(row["C"]) is not None:
+        if Arm.parse(row["arm"]).in_layer_scan and number(row["C"]) is not None:
             by_budget[int(row["budget"])].append(row)
     if not by_budget:
         return None

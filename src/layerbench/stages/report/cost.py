@@ -131,7 +131,7 @@ def dominant_sentence(arms: list[dict]) -> str | None:
               else f"{100 * lo:.0f}-{100 * hi:.0f}% of each optimizer step across arms")
     text = f"On {_device(arms)}, {label} is {spread}"
     full = next((a for a in arms if a["arm"] == "full"), None)
-    layer_arms = [a for a in arms if a["arm"] not in ("full", "base")]
+    layer_arms = [a for a in arms if Arm.parse(a["arm"]).tensor_prefixes]
     if full is None or not layer_arms or not full["step"]:
         return text + "."
     fixed = sum(full["per_step"][p] for p in UNTOUCHED) / full["step"]
@@ -151,7 +151,7 @@ def gpu_note(arms: list[dict], num_layers: int) -> str:
             "every trainable parameter has a gradient (4 bytes in fp32, 2 in bf16), so optimizer state and "
             "gradients scale with the trainable parameters")
     full = next((a for a in arms if a["arm"] == "full"), None)
-    layers = [a for a in arms if a["arm"] not in ("full", "base") and a["trainable"]]
+    layers = [a for a in arms if Arm.parse(a["arm"]).tensor_prefixes and a["trainable"]]
     if full is not None and full["trainable"] and layers:
         small = min(layers, key=lambda a: a["trainable"])
 

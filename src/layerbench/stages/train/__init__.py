@@ -35,7 +35,7 @@ from pathlib import Path
 from layerbench.analysis.stats import percentile
 from layerbench.answers import is_correct
 from layerbench.config import Arm, RLConfig
-from layerbench.config.arms import DECODER_LAYERS
+from layerbench.config.arms import DECODER_LAYERS, LORA_ALPHA, LORA_TARGETS
 from layerbench.config.batches import batch_geometry, optimizer_steps
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import save_checkpoint
@@ -50,13 +50,15 @@ from layerbench.runtime.seeding import seed_everything
 from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 from layerbench.runtime.time_limit import job_end_time
 
-ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward"]
+ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward", "correct"]
 
 
 def freeze_for_arm(model, arm: Arm) -> int:
     """Leave only the arm's parameters trainable; return how many there are."""
     if arm.kind == "full":
         model.requires_grad_(True)
+    elif arm.kind == "lora":
+        pass  # get_peft_model (with_lora) froze everything but the adapters
     else:
         model.requires_grad_(False)
         layers = decoder_layers(model)
@@ -66,8 +68,26 @@ def freeze_for_arm(model, arm: Arm) -> int:
 
 
 def decoder_layers(model):
-    """The decoder layer list of a Qwen-style causal LM (``DECODER_LAYERS``)."""
-    return model.get_submodule(DECODER_LAYERS)
+    """The decoder layer list of a Qwen-style causal LM (``DECODER_LAYERS``),
+    under PEFT's wrapper too."""
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return unwrapped.get_submodule(DECODER_LAYERS)
+
+
+def with_lora(model, arm: Arm, seed: int):
+    """``model`` wrapped by PEFT with a rank-``arm.rank`` LoRA adapter on every
+    decoder layer's ``LORA_TARGETS``. PEFT starts B at zero, so the model's
+    output is the base's at step 0 (the pairing holds); A's random start is
+    drawn from the seed in a forked RNG, leaving every other draw as in the
+    other arms."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=arm.rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
+                        target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def verifier(name: str):
@@ -83,40 +103,66 @@ def verifier(name: str):
 
 
 class RecordingReward:
-    """Correctness reward (1 if the final answer matches, else 0) that also
-    records every rollout for the truncation audit and the pairing check."""
+    """The arm's reward (``Arm.reward``) that also records every rollout for
+    the truncation audit and the pairing check.
 
-    __name__ = "correct"
+    ``correct``: 1 if the final answer matches, else 0. ``finish_only``: 1 if
+    the rollout ends inside the cap (EOS), whatever the answer. ``random``:
+    Bernoulli with mean the step-0 rollouts' correctness (the base model's:
+    step 0 samples from the base weights, the same for every arm of a seed),
+    each draw seeded by (seed, step, rank, index) so a resumed run draws the
+    same. Every rollout's correctness is recorded whatever it was rewarded."""
 
-    def __init__(self, tokenizer, eos_ids: list[int], correct=is_correct, rank: int = 0):
+
+    def __init__(self, tokenizer, eos_ids: list[int], correct=is_correct, rank: int = 0,
+                 reward: str = "correct", seed: int = 0):
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.correct = correct
         self.rank = rank  # this process's rank: each rank generates its own share of every rollout batch
+        self.reward, self.seed = reward, seed
+        self.__name__ = reward  # TRL's name for it: metrics.csv's rewards/<reward>/mean
         self.rows: list[dict] = []
         self.step0_sha256: str | None = None
+        self.random_mean: float | None = None
 
     def __call__(self, prompts, completions, completion_ids, answer, trainer_state=None, **_):
         step = trainer_state.global_step if trainer_state is not None else 0
-        rewards = [float(self.correct(c, a)) for c, a in zip(completions, answer)]
+        correct = [float(self.correct(c, a)) for c, a in zip(completions, answer)]
+        truncated = [int(not any(t in self.eos_ids for t in ids)) for ids in completion_ids]
         if self.step0_sha256 is None:
             digest = hashlib.sha256()
             for prompt, ids in zip(prompts, completion_ids):
                 digest.update(json.dumps([self.tokenizer(prompt)["input_ids"], list(ids)]).encode())
             self.step0_sha256 = digest.hexdigest()
-        for i, (prompt, ids, reward) in enumerate(zip(prompts, completion_ids, rewards)):
-            self.rows.append(
-                {
-                    "step": step,
-                    "rank": self.rank,
-                    "index": i,
-                    "prompt": prompt,
-                    "length": len(ids),
-                    "truncated": int(not any(t in self.eos_ids for t in ids)),
-                    "reward": reward,
-                }
-            )
+            if self.reward == "random":
+                from accelerate.utils import gather_object
+
+                every_rank = gather_object(correct)
+                self.random_mean = sum(every_rank) / len(every_rank)
+        rewards = self.rewards(step, correct, truncated)
+        for i, (prompt, ids) in enumerate(zip(prompts, completion_ids)):
+            self.rows.append({"step": step, "rank": self.rank, "index": i, "prompt": prompt, "length": len(ids),
+                              "truncated": truncated[i], "reward": rewards[i], "correct": correct[i]})
         return rewards
+
+    def rewards(self, step: int, correct: list[float], truncated: list[int]) -> list[float]:
+        if self.reward == "finish_only":
+            return [float(not t) for t in truncated]
+        if self.reward == "random":
+            import numpy as np
+
+            return [float(np.random.default_rng([self.seed, step, self.rank, i]).random() < self.random_mean)
+                    for i in range(len(correct))]
+        return correct
+
+    def state(self) -> dict:
+        """What a resumed job needs back (``resume``): the rollouts so far, the pairing hash, the random mean."""
+        return {"rows": self.rows, "step0_sha256": self.step0_sha256, "random_mean": self.random_mean}
+
+    def load(self, state: dict) -> None:
+        self.rows[:] = state["rows"]
+        self.step0_sha256, self.random_mean = state["step0_sha256"], state.get("random_mean")
 
 
 def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
@@ -292,10 +338,13 @@ def train_arm(
     numerics = start_job(rl.threads)
     tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, rl.policy_dtype))
+    if arm.kind == "lora":
+        model = with_lora(model, arm, seed)
     trainable = freeze_for_arm(model, arm)
     records = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
-    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name), rank=rank)
+    reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name), rank=rank,
+                             reward=arm.reward, seed=seed)
     steps = optimizer_steps(rl, len(records))
 
     identity = resume.run_identity(arm, seed, rl, base_model, train_file, max_completion_tokens=max_completion_tokens,
@@ -333,7 +382,7 @@ def train_arm(
             if end_time is not None:
                 stop_before_limit = resume.StopBeforeLimit(end_time, rl.save_before_limit, rl.save_every)
                 trainer.add_callback(stop_before_limit)
-            if arm.kind != "full":
+            if arm.tensor_prefixes:  # a lora arm's checkpoint is PEFT's adapter already
                 resume.keep_trained_tensors_only(trainer, arm)
         if resume_from is not None:
             resume.restore(resume_from, reward)

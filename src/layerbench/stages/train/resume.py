@@ -98,9 +98,7 @@ def latest_checkpoint(folder: Path, identity: dict, tidy: bool = True) -> Path |
 
 def restore(checkpoint: Path, reward) -> None:
     """Put the rollouts recorded before ``checkpoint`` back into ``reward``."""
-    saved = json.loads((checkpoint / rollouts_file(reward.rank)).read_text())
-    reward.rows[:] = saved["rows"]
-    reward.step0_sha256 = saved["step0_sha256"]
+    reward.load(json.loads((checkpoint / rollouts_file(reward.rank)).read_text()))
 
 
 def keep_trained_tensors_only(trainer, arm) -> None:
@@ -130,8 +128,7 @@ class MarkCheckpoints(TrainerCallback):
         import torch.distributed as dist
 
         checkpoint = self.folder / f"{PREFIX}{state.global_step}"
-        atomic_write_json(checkpoint / rollouts_file(self.rank),
-                          {"rows": self.reward.rows, "step0_sha256": self.reward.step0_sha256})
+        atomic_write_json(checkpoint / rollouts_file(self.rank), self.reward.state())
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank's rollouts are written before the checkpoint is marked
         if self.rank != 0:
