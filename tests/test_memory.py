@@ -124,3 +124,27 @@ def test_estimate_is_within_its_margin_of_the_peak_measured_on_cpu(memory_calibr
     print("estimate vs measured GB:", figures)
     for arm, (estimate, measured) in figures.items():
         assert abs(estimate - measured) <= MARGIN * measured, figures
+
+
+def test_check_limits_sizes_every_control_arm_of_a_paper_config():
+    """A paper config naming every arm kind loads (lora off vLLM, which has no
+    adapter tensors) and is sized: a lora arm trains its adapter only, a dup
+    arm one layer of a model one layer deeper; each checkpoint's disk follows."""
+    from layerbench.config import study_from_dict
+    from layerbench.config.schema import ConfigError
+
+    raw = yaml.safe_load((ROOT / "config" / "paper" / "qwen3-1.7b-grpo-scripts.yaml").read_text())
+    raw["arms"] = ["base", "full", "layer:14", "full+finish_only", "layer:14+random", "lora:1", "dup:14", "dup:14+none"]
+    with pytest.raises(ConfigError, match="lora:1 with rl.use_vllm: true is not supported"):
+        study_from_dict(raw)
+    raw["rl"]["use_vllm"] = False
+    raw["resources"].pop("gpu_memory_gb", None)  # without vLLM, HF generation's cache would not fit: size it all the same
+    study = study_from_dict(raw)
+    rows = {r["arm"]: r for r in study_memory(study, 80.0)}
+    assert set(rows) == {"full", "layer:14", "lora:1", "dup:14"}  # controls cost what their plain arm costs
+    shape = KNOWN_SHAPES["Qwen/Qwen3-1.7B-Base"]
+    assert rows["lora:1"]["checkpoint_gb"] == round(shape.lora_parameters(1) * 4 / 1e9, 4)
+    assert rows["lora:1"]["optimizer"] < rows["layer:14"]["optimizer"] < rows["full"]["optimizer"]
+    assert rows["dup:14"]["checkpoint_gb"] == rows["layer:14"]["checkpoint_gb"]
+    assert rows["dup:14"]["weights"] == pytest.approx(
+        rows["layer:14"]["weights"] * (shape.parameters() + shape.layer_parameters()) / shape.parameters(), abs=0.01)

@@ -204,3 +204,68 @@ def test_lora_arm_trains_its_adapters_only_pairs_with_the_others_and_is_saved_as
     with materialized(out / "checkpoint", small_base["model"], tmp_path) as folder:
         loaded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
     assert all(torch.equal(loaded[n], merged[n]) for n in merged)
+
+
+def test_a_duplicated_layer_is_the_base_model_when_skipped_and_says_how_far_it_is_when_not(small_base):
+    """dup:K's model applies layer K twice, so its step-0 output is not the
+    base model's. The surgery itself is exact: skipping the copy, or zeroing
+    its two residual branches, gives the base model's logits bit for bit,
+    with and without the KV cache."""
+    from layerbench.runtime.duplicate import copy_skipped, duplicate_layer, step0_difference
+
+    base = AutoModelForCausalLM.from_pretrained(small_base["model"])
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3, 12]])
+    with torch.no_grad():
+        expected = base(input_ids=ids).logits
+        expected_greedy = base.generate(ids, max_new_tokens=6, do_sample=False)
+    for k in range(small_base["study"].model.decoder_layer_count):
+        dup = duplicate_layer(AutoModelForCausalLM.from_pretrained(small_base["model"]), k)
+        assert dup.config.num_hidden_layers == base.config.num_hidden_layers + 1
+        assert [layer.self_attn.layer_idx for layer in dup.model.layers] == list(range(len(dup.model.layers)))
+        with torch.no_grad():
+            with copy_skipped(dup, k):
+                assert torch.equal(dup(input_ids=ids).logits, expected)
+            differs = dup(input_ids=ids).logits
+            copy = dup.model.layers[k + 1]
+            copy.self_attn.o_proj.weight.zero_()
+            copy.mlp.down_proj.weight.zero_()
+            assert torch.equal(dup(input_ids=ids).logits, expected)
+            assert torch.equal(dup.generate(ids, max_new_tokens=6, do_sample=False), expected_greedy)  # cached
+        assert not torch.equal(differs, expected)
+    dup = duplicate_layer(AutoModelForCausalLM.from_pretrained(small_base["model"]), 0)
+    far = step0_difference(dup, 0, ids, torch.ones_like(ids))
+    assert far["max_abs_logit_diff"] > 0 and 0 <= far["next_token_agreement"] <= 1 and far["prompts"] == 1
+
+
+def test_dup_arm_trains_only_the_copy_pairs_on_prompts_and_records_its_step0_distance(trained, small_base, tmp_path):
+    from layerbench.runtime.checkpoints import load_state, reference_state
+    from layerbench.stages.checks import audit_parameters, check_param_audit, pairing_problems
+
+    study, arm = small_base["study"], Arm.parse("dup:0")
+    out = tmp_path / "dup"
+    summary = train_arm(small_base["model"], small_base["data"] / "train.jsonl", arm, 1, study.rl_for(arm),
+                        study.limits.max_completion_tokens, RunFolder(out))
+    full = json.loads((trained[("full", 1)] / "summary.json").read_text())
+    assert summary["step0_prompt_sha256"] == full["step0_prompt_sha256"] is not None
+    assert summary["step0_rollout_sha256"] != full["step0_rollout_sha256"]  # another model: other completions
+    rows = [{"seed": 1, "arm": a, "step0_rollout_sha256": s["step0_rollout_sha256"],
+             "step0_prompt_sha256": s["step0_prompt_sha256"]} for a, s in (("full", full), ("dup:0", summary))]
+    assert pairing_problems(rows) == []
+    rows[1]["step0_prompt_sha256"] = "0" * 64
+    assert "dup:0 started from different prompts" in pairing_problems(rows)[0]
+    assert summary["dup_step0_vs_base"]["max_abs_logit_diff"] > 0
+    per_layer = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(small_base["model"]).model.layers[0]
+                    .parameters())
+    assert summary["trainable_parameters"] == per_layer and summary["checkpoint"]["format"] == "delta"
+
+    audit = audit_parameters(small_base["model"], out / "checkpoint")
+    assert {r["part"] for r in audit if r["changed"]} == {"layers.1"}  # the copy, layer 1 of the deeper model
+    check_param_audit(arm, 1, audit)
+    start, tuned = reference_state(out / "checkpoint", small_base["model"]), load_state(out / "checkpoint",
+                                                                                       small_base["model"])
+    assert all(torch.equal(start[f"model.layers.0.{n}"], start[f"model.layers.1.{n}"])
+               for n in (k.split("model.layers.0.", 1)[1] for k in start if k.startswith("model.layers.0.")))
+    with materialized(out / "checkpoint", small_base["model"], tmp_path) as folder:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    assert len(model.model.layers) == study.model.decoder_layer_count + 1
+    assert all(torch.equal(model.state_dict()[n], tuned[n]) for n in tuned)

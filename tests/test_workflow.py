@@ -313,31 +313,39 @@ def test_two_studies_tracked_at_once_get_their_own_complete_experiments(study_ru
         assert {r.data.tags.get("layerbench.study") for r in runs_ if "mlflow.parentRunId" not in r.data.tags} == {name}
 
 
+CONTROL_ARMS = ("full+finish_only", "layer:1+random", "lora:1", "dup:0", "dup:0+none")
+
+
 def test_control_arms_train_pair_and_report_like_any_arm(study_runs, tmp_path):
-    """full+finish_only and layer:1+random added to the finished e2e study:
-    only they train and evaluate; they pair with every arm of the seed, the
+    """Every kind of control arm added to the finished e2e study: only they
+    train (dup:0+none is evaluated, untrained) and evaluate; they pair with
+    every arm of the seed (dup:0, another model, on its prompts), the
     parameter audit finds exactly their tensors changed, each gets a C, the
     headline states the finish-only share of full RL's gain at the cap, and
-    the report shows both while the single-layer scan leaves them out."""
+    the report shows them while the single-layer scan leaves them out."""
     import numpy as np
 
     raw, runs = study_runs
     work = _copy_workdir(runs["wide"], tmp_path / "w")
     study = yaml.safe_load((work / "study.yaml").read_text())
-    study["arms"] = [*study["arms"], "full+finish_only", "layer:1+random"]
+    study["arms"] = [*study["arms"], *CONTROL_ARMS]
     (work / "study.yaml").write_text(yaml.safe_dump(study))
     result = run_study(work, 2)
     assert result.returncode == 0, result.stderr[-4000:]
     stats = job_stats(result.stdout + result.stderr)
-    assert stats["train"] == 2 and stats["evaluate"] == 2, stats
+    assert stats["train"] == 4 and stats["evaluate"] == 5, stats
     results = work / "results" / "e2e"
 
     pairing = read_csv(results / "pairing.csv")
-    assert {r["arm"] for r in pairing} == {"full", "layer:0", "layer:1", "full+finish_only", "layer:1+random"}
-    assert len({r["step0_rollout_sha256"] for r in pairing}) == 1
+    assert {r["arm"] for r in pairing} == {"full", "layer:0", "layer:1", *CONTROL_ARMS} - {"dup:0+none"}
+    assert len({r["step0_rollout_sha256"] for r in pairing if r["arm"] != "dup:0"}) == 1
+    assert len({r["step0_prompt_sha256"] for r in pairing}) == 1
     audit = read_csv(results / "param_audit.csv")
     assert {r["part"] for r in audit if r["arm"] == "full+finish_only" and r["changed"] == "1"} >= {"layers.0", "layers.1"}
     assert {r["part"] for r in audit if r["arm"] == "layer:1+random" and r["changed"] == "1"} == {"layers.1"}
+    assert {r["part"] for r in audit if r["arm"] == "dup:0" and r["changed"] == "1"} == {"layers.1"}  # the copy
+    assert {r["matrix"].rsplit(".", 2)[-2] for r in audit if r["arm"] == "lora:1" and r["frac_changed"] not in
+            ("", "0.0000")} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     checks = json.loads((results / "checks.json").read_text())
     assert checks["param_audit"]["ok"] and checks["pairing"]["ok"]
 
@@ -354,7 +362,7 @@ def test_control_arms_train_pair_and_report_like_any_arm(study_runs, tmp_path):
 
     contributions = read_csv(results / "contributions.csv")
     assert {(r["arm"], r["budget"]) for r in contributions} >= {
-        (a, str(b)) for a in ("full+finish_only", "layer:1+random") for b in raw["limits"]["eval_budgets"]}
+        (a, str(b)) for a in CONTROL_ARMS for b in raw["limits"]["eval_budgets"]}
     verdicts = json.loads((results / "verdicts.json").read_text())
     assert {b["arm"] for b in verdicts["headline"]["budgets"]} <= {"layer:0", "layer:1", None}
     cap = raw["limits"]["max_completion_tokens"]
@@ -364,4 +372,5 @@ def test_control_arms_train_pair_and_report_like_any_arm(study_runs, tmp_path):
             else "full RL, finish-only reward has no share") in control
     page = (work / "reports" / "e2e" / "index.html").read_text()
     assert control.replace("'", "&#39;") in page
-    assert "layer 1, random reward" in page
+    for label in ("layer 1, random reward", "LoRA rank 1", "layer 0 duplicated", "layer 0 duplicated, untrained"):
+        assert label in page

@@ -31,5 +31,5 @@ rule evaluate:
     shell:
         R.gpu_wrap(
             "{params.lb} stage evaluate --study {params.study} --model {input.model} --base {input.base} "
-            "--seed {wildcards.seed} --out {output} > {log} 2>&1"
+            "--arm {wildcards.arm} --seed {wildcards.seed} --out {output} > {log} 2>&1"
         )

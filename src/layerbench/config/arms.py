@@ -13,7 +13,12 @@ C like any arm, but stay out of the single-layer scan (``in_layer_scan``).
 
 ``lora:R`` trains a rank-R LoRA adapter (PEFT) on every decoder layer's
 linear maps (``LORA_TARGETS``), everything else frozen: is a single layer's
-success about where the update is, or about how few parameters RL needs?"""
+success about where the update is, or about how few parameters RL needs?
+
+``dup:K`` trains a copy of decoder layer K inserted right after it (layer
+K + 1 of a model one layer deeper), everything else frozen; ``dup:K+none``
+is that model untrained, its own no-training control (``trains`` is False:
+it is evaluated, not trained)."""
 
 from __future__ import annotations
 
@@ -29,8 +34,9 @@ REWARDS = {
     "correct": "1 when the final answer is right, else 0",
     "finish_only": "1 when the rollout ends inside the cap (EOS), whatever the answer: does RL only learn to finish?",
     "random": "Bernoulli with the seed, its mean the base model's step-0 reward: what the rollout loop alone gives",
+    "none": "no training (dup:K+none only): the duplicated model as built",
 }
-KIND_ORDER = {"base": 0, "full": 1, "layer": 2, "layers": 3, "lora": 4}
+KIND_ORDER = {"base": 0, "full": 1, "layer": 2, "layers": 3, "lora": 4, "dup": 5}
 # The linear maps of a Qwen decoder layer a LoRA arm adapts ("LoRA Without Regret": all of them, MLP included),
 # and its scale alpha (the adapter's update is alpha / rank * B @ A), as in that study.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -42,7 +48,7 @@ class Arm:
     """One training arm. ``layers`` is None for base, full and lora;
     ``rank`` is a lora arm's; ``reward`` a key of ``REWARDS``."""
 
-    kind: str  # base | full | layer | layers | lora
+    kind: str  # base | full | layer | layers | lora | dup
     layers: tuple[int, ...] | None = None
     reward: str = "correct"
     rank: int | None = None
@@ -115,8 +121,12 @@ class Arm:
             text = "layers " + "+".join(map(str, self.layers))
         elif self.kind == "lora":
             text = f"LoRA rank {self.rank}"
+        elif self.kind == "dup":
+            text = f"layer {self.layers[0]} duplicated"
         else:
             text = {"base": "base", "full": "full RL"}[self.kind]
+        if self.reward == "none":
+            return f"{text}, untrained"
         return text if not self.control else f"{text}, {self.reward.replace('_', '-')} reward"
 
     @property
@@ -136,10 +146,23 @@ class Arm:
         return Arm.parse(name).sort_key
 
     @property
+    def trained_layers(self) -> tuple[int, ...]:
+        """Indices of the decoder layers this arm trains whole, in the model
+        it trains (a dup arm's copy of layer K is layer K + 1); empty for
+        base, full and lora."""
+        if self.kind == "dup":
+            return () if self.reward == "none" else (self.layers[0] + 1,)
+        return self.layers or ()
+
+    @property
     def tensor_prefixes(self) -> tuple[str, ...]:
-        """State-dict name prefixes of the decoder layers this arm trains
-        (empty for base and full, which have no layer list)."""
-        return tuple(f"{DECODER_LAYERS}.{k}." for k in self.layers or ())
+        """State-dict name prefixes of the decoder layers this arm trains."""
+        return tuple(f"{DECODER_LAYERS}.{k}." for k in self.trained_layers)
+
+    @property
+    def duplicated_layer(self) -> int | None:
+        """K of a dup arm (its model has layer K twice), else None."""
+        return self.layers[0] if self.kind == "dup" else None
 
     def trains_part(self, part: str) -> bool:
         """Whether training may change a part of the parameter audit
@@ -148,7 +171,7 @@ class Arm:
             return True
         if self.kind == "lora":
             return part.startswith("layers.")
-        return part in {f"layers.{k}" for k in self.layers or ()}
+        return part in {f"layers.{k}" for k in self.trained_layers}
 
     def trains_tensor(self, name: str) -> bool:
         """Whether training may change a state-dict tensor: a lora arm's merged
@@ -159,7 +182,7 @@ class Arm:
 
     @property
     def trains(self) -> bool:
-        return self.kind != "base"
+        return self.kind != "base" and self.reward != "none"
 
     @classmethod
     def parse(cls, text: str) -> "Arm":
@@ -168,9 +191,11 @@ class Arm:
         plain = cls._parse_plain(text)
         if not reward:
             return plain
-        if reward not in REWARDS or reward == "correct" or plain.kind == "base":
-            raise ConfigError(f"unknown arm {text + '+' + reward!r}: a control arm is full, layer:K, layers:I,J or "
-                              "lora:R followed by one of " + ", ".join(f"+{r}" for r in list(REWARDS)[1:]))
+        if reward == "none" and plain.kind == "dup":
+            return cls("dup", plain.layers, "none")
+        if reward not in REWARDS or reward in ("correct", "none") or plain.kind == "base":
+            raise ConfigError(f"unknown arm {text + '+' + reward!r}: a control arm is full, layer:K, layers:I,J, "
+                              "lora:R or dup:K followed by +finish_only or +random, or dup:K+none")
         return cls(plain.kind, plain.layers, reward, plain.rank)
 
     @classmethod
@@ -179,7 +204,7 @@ class Arm:
             return cls(text)
         if text[:5] in ("lora:", "lora-") and text[5:].isdigit() and int(text[5:]) > 0:
             return cls("lora", rank=int(text[5:]))
-        for kind in ("layers", "layer"):
+        for kind in ("layers", "layer", "dup"):
             for sep in (":", "-"):
                 if text.startswith(kind + sep):
                     rest = text[len(kind) + 1 :].replace("-", ",")
@@ -187,8 +212,8 @@ class Arm:
                         layers = tuple(int(x) for x in rest.split(","))
                     except ValueError:
                         break
-                    if kind == "layer" and len(layers) != 1:
+                    if kind in ("layer", "dup") and len(layers) != 1:
                         break
                     return cls(kind, layers)
-        raise ConfigError(f"unknown arm {text!r}: expected base, full, layer:K, layers:I,J or lora:R, "
-                          "optionally followed by +finish_only or +random")
+        raise ConfigError(f"unknown arm {text!r}: expected base, full, layer:K, layers:I,J, lora:R or dup:K, "
+                          "optionally followed by +finish_only or +random (dup:K also +none)")

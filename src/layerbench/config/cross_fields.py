@@ -67,10 +67,10 @@ def cross_field_problems(study: Study) -> list[str]:
     lora = [a.name for a in study.arms if a.kind == "lora" and study.rl_for(a).use_vllm]
     if lora:
         out.append(f"key 'arms': {', '.join(lora)} with rl.use_vllm: true is not supported yet (layerbench syncs "
-                   "the engine tensor by tensor, and vLLM knows no adapter tensors); train lora arms with "
-                   "rl.use_vllm: false (rl.per_arm.lora)")
+                   "the engine tensor by tensor, and vLLM knows no adapter tensors); train lora arms in a study "
+                   "with rl.use_vllm: false (one engine for every arm: the pairing needs it)")
     for key in study.per_arm:
-        if key not in ("full", "layer", "layers", "lora") and Arm.parse(key).name not in names:
+        if key not in ("full", "layer", "layers", "lora", "dup") and Arm.parse(key).name not in names:
             out.append(f"key 'rl.per_arm.{key}': arm {key} is not in this study (arms: {', '.join(sorted(names))})")
     context, _ = study.model.context()
     limits = study.limits

@@ -82,7 +82,7 @@ KNOWN_SHAPES = {
 
 def trained_layers(arm) -> int | None:
     """How many decoder layers an arm trains whole; None for the full arm, 0 for a lora arm."""
-    return None if arm.kind == "full" else len(arm.layers or ())
+    return None if arm.kind == "full" else len(arm.trained_layers)
 
 
 def trainable_parameters(shape: ModelShape, trained_layers: int | None, lora_rank: int | None = None) -> int:
@@ -112,6 +112,7 @@ class TrainingPlan:
     gpus_per_arm: int = 1
     device: str = "gpu"
     lora_rank: int | None = None  # a lora arm's adapter rank: its parameters are added to the model's
+    added_layers: int = 0  # a dup arm's copy of a decoder layer: the model it trains is one layer deeper
 
 
 def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
@@ -124,7 +125,8 @@ def arm_memory(shape: ModelShape, plan: TrainingPlan) -> dict[str, float]:
     bound for layer arms, which back-propagate only from their lowest layer."""
     size, act = BYTES[plan.policy_dtype], 2 if plan.bf16 else 4
     trainable = trainable_parameters(shape, plan.trained_layers, plan.lora_rank)
-    adapter = shape.lora_parameters(plan.lora_rank) if plan.lora_rank else 0
+    adapter = (shape.lora_parameters(plan.lora_rank) if plan.lora_rank else 0) \
+        + plan.added_layers * shape.layer_parameters()
     tokens, h, inter = plan.micro_batch * (plan.prompt + plan.completion), shape.hidden_size, shape.intermediate_size
     if plan.gradient_checkpointing:
         activations = shape.num_layers * tokens * h * 4 + tokens * (8 * h + 3 * inter) * act
@@ -180,7 +182,8 @@ def arm_plan(study, arm, gpu_memory_gb: float | None) -> TrainingPlan:
         prompt=study.limits.max_prompt_tokens, completion=study.limits.max_completion_tokens,
         gradient_checkpointing=rl.gradient_checkpointing,
         vllm_share_gb=rl.vllm_gpu_memory_utilization * gpu_memory_gb if rl.use_vllm and gpu_memory_gb else 0.0,
-        gpus_per_arm=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu", lora_rank=arm.rank)
+        gpus_per_arm=processes if on_gpu else 1, device="gpu" if on_gpu else "cpu", lora_rank=arm.rank,
+        added_layers=int(arm.duplicated_layer is not None))
 
 
 def study_memory(study, gpu_memory_gb: float | None, model_dir=None) -> list[dict]:

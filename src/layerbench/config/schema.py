@@ -50,7 +50,8 @@ def validate_raw(raw: Any, source: str = "config") -> None:
             allowed = sorted(error.schema.get("properties", {}))
             detail = f"{error.message}; allowed keys: {', '.join(allowed)}"
         elif error.validator == "oneOf" and _key_path(error).startswith("arms"):
-            detail = f"got {error.instance!r}; allowed: base, full, layer:K, layer:all or {{layers: [I, J]}}"
+            detail = (f"got {error.instance!r}; allowed: base, full, layer:K, layer:all, {{layers: [I, J]}}, lora:R "
+                          "or dup:K, a trained one optionally +finish_only or +random, and dup:K+none")
         lines.append(f"{source}: key '{_key_path(error)}': {detail}")
     raise ConfigError("\n".join(lines))
 

@@ -9,7 +9,10 @@ arms, so a layer arm's checkpoint holds only its layers' tensors
 the hash of its weights. A lora arm's is PEFT's adapter folder
 (``adapter_model.safetensors``, ``adapter_config.json``) and ``adapter.json``
 with the same hash; reading it merges the adapter into the base with PEFT's
-own ``merge_and_unload``.
+own ``merge_and_unload``. A dup arm's delta holds its copy of layer K
+(layer K + 1 of the deeper model) and names K (``duplicate_of``): the base
+is read as the deeper model (``runtime.duplicate``) before the delta is laid
+over it.
 
 Readers never open a checkpoint's files themselves: ``load_state`` gives the
 whole state dict (the checks), ``materialized`` a whole model folder on disk
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from layerbench.paths import CheckpointFolder
+from layerbench.runtime.duplicate import duplicated_config, duplicated_state
 from layerbench.runtime.io import atomic_write_json, link_or_copy, scratch_beside, sha256_file
 
 DELTA_FORMAT = "layerbench-layer-delta"
@@ -87,7 +91,8 @@ def save_checkpoint(trainer, tokenizer, arm, base_dir: Path, checkpoint_dir: Pat
         save_file(delta, folder.delta, metadata={"format": "pt"})
         atomic_write_json(folder.delta_record, {
             "format": DELTA_FORMAT, "version": DELTA_VERSION, "base_sha256": base_hash,
-            "layers": list(arm.layers), "dtype": dtype, "tensors": sorted(delta)})
+            "layers": list(arm.trained_layers), "duplicate_of": arm.duplicated_layer, "dtype": dtype,
+            "tensors": sorted(delta)})
         kind = "delta"
     return {"format": kind, "dtype": dtype, "bytes": disk_bytes(folder.path), "base_sha256": base_hash}
 
@@ -149,12 +154,25 @@ def load_state(checkpoint_dir: Path, base_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     _check_base(folder.delta_record, DELTA_FORMAT, base_dir)
-    state, delta = load_weights(base_dir), load_file(folder.delta)
+    state, delta = reference_state(folder.path, base_dir), load_file(folder.delta)
     misplaced = [n for n, t in delta.items() if n not in state or state[n].shape != t.shape]
     if misplaced:
         raise IntegrityError(f"{folder.delta}: tensors with no same-shaped tensor in the base model "
                              f"{base_dir}: {', '.join(sorted(misplaced))}")
     return {**state, **delta}
+
+
+def duplicate_of(checkpoint_dir: Path) -> int | None:
+    """K of a dup arm's delta, else None."""
+    record = CheckpointFolder(Path(checkpoint_dir)).delta_record
+    return json.loads(record.read_text()).get("duplicate_of") if record.is_file() else None
+
+
+def reference_state(checkpoint_dir: Path, base_dir: Path) -> dict:
+    """The weights a checkpoint's run started from: the base model's, as the
+    deeper model for a dup arm. The parameter audit compares against it."""
+    state, k = load_weights(base_dir), duplicate_of(checkpoint_dir)
+    return state if k is None else duplicated_state(state, k)
 
 
 def _check_base(record_file: Path, kind: str, base_dir: Path) -> None:
@@ -197,14 +215,31 @@ def materialized(checkpoint_dir: Path, base_dir: Path, beside: Path) -> Iterator
     if not needs_base(checkpoint_dir):
         yield Path(checkpoint_dir)
         return
+    with _model_folder(lambda: load_state(checkpoint_dir, base_dir), base_dir, beside,
+                       duplicate_of(checkpoint_dir)) as folder:
+        yield folder
+
+
+@contextmanager
+def materialized_duplicate(base_dir: Path, k: int, beside: Path) -> Iterator[Path]:
+    """The base model with decoder layer ``k`` duplicated, untrained (``dup:K+none``), as ``materialized``."""
+    with _model_folder(lambda: duplicated_state(load_weights(base_dir), k), base_dir, beside, k) as folder:
+        yield folder
+
+
+@contextmanager
+def _model_folder(state_of, base_dir: Path, beside: Path, duplicate: int | None) -> Iterator[Path]:
     folder = scratch_beside(Path(beside), "materialized-")
     try:
         from safetensors.torch import save_file
 
-        state = load_state(checkpoint_dir, base_dir)
+        state = state_of()
         for source in Path(base_dir).iterdir():
             if source.is_file() and source.suffix != ".safetensors" and source.name != SHARD_INDEX:
-                link_or_copy(source, folder / source.name)
+                if source.name == "config.json" and duplicate is not None:
+                    atomic_write_json(folder / source.name, duplicated_config(json.loads(source.read_text()), duplicate))
+                else:
+                    link_or_copy(source, folder / source.name)
         save_file({n: t.contiguous() for n, t in state.items()}, folder / WEIGHTS, metadata={"format": "pt"})
         yield folder
     finally:

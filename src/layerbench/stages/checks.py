@@ -31,12 +31,12 @@ from layerbench.analysis.verdicts import number
 from layerbench.config import Arm
 from layerbench.config.arms import DECODER_LAYERS
 from layerbench.paths import RunFolder
-from layerbench.runtime.checkpoints import IntegrityError, load_state, load_weights
+from layerbench.runtime.checkpoints import IntegrityError, load_state, reference_state
 from layerbench.runtime.io import atomic_write_csv, atomic_write_json, read_csv
 from layerbench.runtime.numerics import start_job
 from layerbench.runtime.stage_command import first_line, stage_parser, study_paths
 
-PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256"]
+PAIRING_COLUMNS = ["seed", "arm", "step0_rollout_sha256", "step0_prompt_sha256"]
 PARAM_AUDIT_COLUMNS = ["arm", "seed", "part", "matrix", "changed", "rel_change", "frac_changed", "rel_frobenius",
                  "effective_rank"]
 # Effective rank from a truncated SVD (top LOWRANK_Q singular values) above this smaller side.
@@ -51,8 +51,15 @@ def pairing_rows(runs: dict[tuple[str, int], RunFolder]) -> list[dict]:
     rows = []
     for (arm, seed), run in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         summary = json.loads(run.summary.read_text())
-        rows.append({"seed": seed, "arm": arm, "step0_rollout_sha256": summary["step0_rollout_sha256"]})
+        rows.append({"seed": seed, "arm": arm, "step0_rollout_sha256": summary["step0_rollout_sha256"],
+                     "step0_prompt_sha256": summary.get("step0_prompt_sha256")})
     return rows
+
+
+def _same_model(row: dict) -> bool:
+    """Arms that start from the base model itself; a dup arm starts from a
+    deeper model, so it pairs on its first prompts alone."""
+    return Arm.parse(row["arm"]).duplicated_layer is None
 
 
 def check_pairing(rows: list[dict]) -> None:
@@ -62,10 +69,22 @@ def check_pairing(rows: list[dict]) -> None:
 
 
 def pairing_problems(rows: list[dict]) -> list[str]:
+    """Within a seed, arms from the base model whose first rollouts differ from
+    the majority's, and dup arms whose first prompts differ from theirs;
+    across seeds, identical first rollouts."""
     by_seed: dict[int, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    prompts: dict[int, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     for row in rows:
-        by_seed[int(row["seed"])][row["step0_rollout_sha256"]].append(row["arm"])
+        if _same_model(row):
+            by_seed[int(row["seed"])][row["step0_rollout_sha256"]].append(row["arm"])
+        prompts[int(row["seed"])][row.get("step0_prompt_sha256")].add(row["arm"])
     problems = []
+    for seed, groups in sorted(prompts.items()):
+        if len(groups) > 1:
+            majority = max(groups.values(), key=len)
+            odd = sorted(a for arms in groups.values() if arms is not majority for a in arms)
+            problems.append(f"seed {seed}: arms {', '.join(odd)} started from different prompts than "
+                            f"{', '.join(sorted(majority))} (different data order or prompt caps)")
     for seed, groups in sorted(by_seed.items()):
         if len(groups) > 1:
             majority = max(groups.values(), key=len)
@@ -112,7 +131,7 @@ def audit_parameters(base_dir: Path, checkpoint_dir: Path) -> list[dict]:
     part, on each of its rows: did it change at all (``changed``) and by how
     much (``rel_change`` = ||delta|| / ||base|| over the part); per tensor the
     ``matrix_measures``."""
-    base, tuned = load_weights(base_dir), load_state(checkpoint_dir, base_dir)
+    base, tuned = reference_state(checkpoint_dir, base_dir), load_state(checkpoint_dir, base_dir)
     if set(base) != set(tuned):
         raise IntegrityError(f"{checkpoint_dir}: parameter names differ from the base model's")
     odd = [n for n in base if base[n].shape != tuned[n].shape]
@@ -245,11 +264,13 @@ def write_checks(pairings: list[dict], audits: list[dict], pairing: Path, audit:
 
 
 def pairing_summary(rows: list[dict]) -> dict:
-    """Per seed: how many arms, how many distinct step-0 rollout hashes, the
-    arms off the majority's hash; the problems are ``pairing_problems``."""
+    """Per seed: how many arms start from the base model (dup arms pair on
+    prompts alone), how many distinct step-0 rollout hashes, the arms off the
+    majority's hash; the problems are ``pairing_problems``."""
     by_seed = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by_seed[int(r["seed"])][r["step0_rollout_sha256"]].append(r["arm"])
+        if _same_model(r):
+            by_seed[int(r["seed"])][r["step0_rollout_sha256"]].append(r["arm"])
     seeds = []
     for seed, groups in sorted(by_seed.items()):
         majority = max(groups, key=lambda h: len(groups[h]))

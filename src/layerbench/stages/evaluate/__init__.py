@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layerbench.config import EvalConfig, Study
+from layerbench.config import Arm, EvalConfig, Study
 from layerbench.lmeval import (
     filter_ensemble,
     score_response,
@@ -38,7 +38,7 @@ from layerbench.lmeval import (
     task_manager,
 )
 from layerbench.paths import EvalFolder, RunFolder
-from layerbench.runtime.checkpoints import materialized
+from layerbench.runtime.checkpoints import materialized, materialized_duplicate
 from layerbench.runtime.io import (
     atomic_directory,
     atomic_write_csv,
@@ -56,15 +56,18 @@ from layerbench.stages.evaluate.backends import (
 PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
 
 
-def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path) -> dict:
+def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path, arm: Arm | None = None) -> dict:
     """Evaluate one arm: the base model, or a trained arm's run folder (a
-    layer arm's checkpoint holds only its layers: it is put together with
-    ``base`` in a scratch folder beside ``out`` for lm-eval and vLLM), with
-    the study's eval settings, budgets, context length and GPUs."""
+    layer arm's checkpoint holds only its layers, a lora arm's its adapter:
+    it is put together with ``base`` in a scratch folder beside ``out`` for
+    lm-eval and vLLM), or for ``dup:K+none`` the base model with layer K
+    duplicated; with the study's eval settings, budgets, context length and GPUs."""
     if RunFolder(model).checkpoint.is_dir():
         model = RunFolder(model).checkpoint
     out_folder = EvalFolder(out)
-    with materialized(model, base, beside=out_folder.path) as model_dir:
+    untrained_duplicate = arm is not None and not arm.trains and arm.duplicated_layer is not None
+    with (materialized_duplicate(base, arm.duplicated_layer, beside=out_folder.path) if untrained_duplicate
+          else materialized(model, base, beside=out_folder.path)) as model_dir:
         context, _ = study.model.context(model_dir)
         return evaluate_model(model_dir, study.eval, study.limits.eval_budgets, seed, out_folder,
                               context_length=context, gpus=study.resources.gpu)
@@ -204,5 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--base", required=True, help="the base model (a layer arm's checkpoint holds only its layers)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--arm", required=True, help="config or path form: layer:3 or layer-3")
     args = parser.parse_args(argv)
-    print(evaluate_arm(study_paths(args).study, Path(args.model), Path(args.base), args.seed, Path(args.out)))
+    print(evaluate_arm(study_paths(args).study, Path(args.model), Path(args.base), args.seed, Path(args.out),
+                       Arm.parse(args.arm)))

@@ -63,14 +63,16 @@ def arm_style(name: str, num_layers: int) -> dict:
     arm = Arm.parse(name)
     if arm.control:  # a control arm: its plain arm's colour, dotted, a hollow marker of its reward's own shape
         plain = arm_style(arm.plain.name, num_layers)
-        return {**plain, "ls": ":", "marker": {"finish_only": "^", "random": "x"}[arm.reward], "mfc": "none"}
+        return {**plain, "ls": ":", "marker": {"finish_only": "^", "random": "x", "none": "s"}[arm.reward], "mfc": "none"}
     if arm.kind == "base":
         return {"color": "#8a8a8a", "ls": ":", "lw": 1.8, "marker": "s"}
     if arm.kind == "full":
         return {"color": "#111111", "ls": "-", "lw": 2.2, "marker": "D"}
+    if arm.kind == "lora":
+        return {"color": "#c2185b", "ls": "-.", "lw": 1.6, "marker": "v"}
     x = sum(arm.layers) / len(arm.layers) / max(1, num_layers - 1)
     color = matplotlib.colormaps["viridis"](0.05 + 0.8 * x)
-    return {"color": color, "ls": "-" if arm.kind == "layer" else "--", "lw": 1.4, "marker": "o"}
+    return {"color": color, "ls": {"layer": "-", "layers": "--"}.get(arm.kind, "-."), "lw": 1.4, "marker": "o"}
 
 
 def headline_chart(per_seed: dict, best: dict[int, str], budgets: list[int], cap: int) -> str:

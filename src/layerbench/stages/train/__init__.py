@@ -2,7 +2,9 @@
 
 The arm decides what may change: ``full`` trains every parameter;
 ``layer:K`` (and ``layers:I,J``) freeze everything except those decoder
-layers (attention, MLP and both norms). Gradients flow from the loss down
+layers (attention, MLP and both norms); ``lora:R`` trains a PEFT adapter
+(``with_lora``); ``dup:K`` trains a copy of layer K inserted after it
+(``runtime.duplicate``). A control arm's reward is ``RecordingReward``'s. Gradients flow from the loss down
 to the lowest trained layer and stop there (``cost.stop_backward_at_arm``
 keeps gradient checkpointing from pulling the frozen layers below into
 backward); only the optimizer's parameter set and how deep backward goes
@@ -39,6 +41,7 @@ from layerbench.config.arms import DECODER_LAYERS, LORA_ALPHA, LORA_TARGETS
 from layerbench.config.batches import batch_geometry, optimizer_steps
 from layerbench.paths import RunFolder
 from layerbench.runtime.checkpoints import save_checkpoint
+from layerbench.runtime.duplicate import duplicate_layer, step0_difference
 from layerbench.runtime.io import (
     atomic_directory,
     atomic_write_csv,
@@ -51,6 +54,7 @@ from layerbench.runtime.stage_command import first_line, stage_parser, study_pat
 from layerbench.runtime.time_limit import job_end_time
 
 ROLLOUT_COLUMNS = ["step", "rank", "index", "prompt", "length", "truncated", "reward", "correct"]
+DUP_PROBE_PROMPTS = 32  # training prompts on which a dup arm's step-0 output is compared with the base model's
 
 
 def freeze_for_arm(model, arm: Arm) -> int:
@@ -62,7 +66,7 @@ def freeze_for_arm(model, arm: Arm) -> int:
     else:
         model.requires_grad_(False)
         layers = decoder_layers(model)
-        for k in arm.layers:
+        for k in arm.trained_layers:
             layers[k].requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -124,6 +128,7 @@ class RecordingReward:
         self.__name__ = reward  # TRL's name for it: metrics.csv's rewards/<reward>/mean
         self.rows: list[dict] = []
         self.step0_sha256: str | None = None
+        self.step0_prompt_sha256: str | None = None  # prompts only: what a dup arm, another model, pairs on
         self.random_mean: float | None = None
 
     def __call__(self, prompts, completions, completion_ids, answer, trainer_state=None, **_):
@@ -131,10 +136,12 @@ class RecordingReward:
         correct = [float(self.correct(c, a)) for c, a in zip(completions, answer)]
         truncated = [int(not any(t in self.eos_ids for t in ids)) for ids in completion_ids]
         if self.step0_sha256 is None:
-            digest = hashlib.sha256()
+            digest, prompt_digest = hashlib.sha256(), hashlib.sha256()
             for prompt, ids in zip(prompts, completion_ids):
-                digest.update(json.dumps([self.tokenizer(prompt)["input_ids"], list(ids)]).encode())
-            self.step0_sha256 = digest.hexdigest()
+                prompt_ids = self.tokenizer(prompt)["input_ids"]
+                digest.update(json.dumps([prompt_ids, list(ids)]).encode())
+                prompt_digest.update(json.dumps(prompt_ids).encode())
+            self.step0_sha256, self.step0_prompt_sha256 = digest.hexdigest(), prompt_digest.hexdigest()
             if self.reward == "random":
                 from accelerate.utils import gather_object
 
@@ -158,11 +165,13 @@ class RecordingReward:
 
     def state(self) -> dict:
         """What a resumed job needs back (``resume``): the rollouts so far, the pairing hash, the random mean."""
-        return {"rows": self.rows, "step0_sha256": self.step0_sha256, "random_mean": self.random_mean}
+        return {"rows": self.rows, "step0_sha256": self.step0_sha256, "step0_prompt_sha256": self.step0_prompt_sha256,
+                "random_mean": self.random_mean}
 
     def load(self, state: dict) -> None:
         self.rows[:] = state["rows"]
         self.step0_sha256, self.random_mean = state["step0_sha256"], state.get("random_mean")
+        self.step0_prompt_sha256 = state.get("step0_prompt_sha256")
 
 
 def truncation_by_step(rows: list[dict]) -> dict[int, dict]:
@@ -340,8 +349,13 @@ def train_arm(
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, rl.policy_dtype))
     if arm.kind == "lora":
         model = with_lora(model, arm, seed)
-    trainable = freeze_for_arm(model, arm)
     records = read_jsonl(train_file)
+    dup_step0 = None
+    if arm.duplicated_layer is not None:
+        duplicate_layer(model, arm.duplicated_layer)
+        batch = tokenizer([r["prompt"] for r in records[:DUP_PROBE_PROMPTS]], return_tensors="pt", padding=True)
+        dup_step0 = step0_difference(model, arm.duplicated_layer, batch["input_ids"], batch["attention_mask"])
+    trainable = freeze_for_arm(model, arm)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
     reward = RecordingReward(tokenizer, [tokenizer.eos_token_id], verifier(verifier_name), rank=rank,
                              reward=arm.reward, seed=seed)
@@ -399,6 +413,7 @@ def train_arm(
         checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
         rollouts = gather_object(reward.rows)  # every rank's, in rank order
         step0_by_rank = gather_object([reward.step0_sha256])
+        prompts_by_rank = gather_object([reward.step0_prompt_sha256])
         if rank != 0:
             return {}
         _remove_tree(run.scratch)
@@ -422,6 +437,8 @@ def train_arm(
             "total_parameters": sum(p.numel() for p in model.parameters()),
             "step0_rollout_sha256": step0_across_ranks(step0_by_rank),
             "step0_rollout_sha256_by_rank": step0_by_rank,
+            "step0_prompt_sha256": step0_across_ranks(prompts_by_rank),
+            "dup_step0_vs_base": dup_step0,
             "processes": gpus_per_arm,
             "distributed": trainer.accelerator.distributed_type.value,
             "train_seconds": round(seconds, 2),
