@@ -2,6 +2,7 @@
 
 from layerbench.analysis.verdicts import (
     budget_dependence,
+    control_sentence,
     gain_sources,
     study_verdicts,
     unstable_cells,
@@ -71,3 +72,21 @@ def test_gain_sources_split_finishing_from_being_right():
                     "budget and 28.5 that now finish with the right answer, minus 0.5 lost (68% from finishing inside "
                     "the cap); layer 3's gain of +0.100 is 0 problems per seed that no longer run out of budget and 20 "
                     "that now finish with the right answer, minus 0 lost (0% from finishing inside the cap).")
+
+
+def test_the_control_sentence_reads_each_control_arm_by_its_interval_and_leaves_the_scan_alone():
+    rows = [_c("layer:0", 40, "0.9", "0.8", "1.0"), _c("full+finish_only", 40, "0.22", "0.04", "0.41"),
+            _c("full+random", 40, "0.7", "0.55", "0.85"), _c("dup:1+none", 40, "0.1", "-0.2", "0.3"),
+            _c("layer:1+finish_only", 40, "0.3", "0.1", "0.6"), _c("full+finish_only", 96, "-0.5", "-1", "-0.2"),
+            {**_c("layer:2+random", 40, "", "", ""), "reason": "full RL gained nothing"}]
+    sentence = control_sentence(rows, cap=40)
+    assert sentence == (
+        "Controls at the 40-token training cap: "
+        "full RL, finish-only reward reaches 0.22 of full RL's gain (95% CI 0.04 to 0.41): learning to finish "
+        "inside the cap explains less than half of full RL's gain; "
+        "layer 1, finish-only reward reaches 0.30 of full RL's gain (95% CI 0.10 to 0.60); "
+        "full RL, random reward reaches 0.70 of full RL's gain (95% CI 0.55 to 0.85): most of full RL's gain at "
+        "the cap comes from the rollout loop itself, not from the reward; "
+        "layer 2, random reward has no share because full RL gained nothing; "
+        "layer 1 duplicated, untrained reaches 0.10 of full RL's gain (95% CI -0.20 to 0.30).")
+    assert control_sentence([r for r in rows if r["arm"] == "layer:0"], cap=40) is None

@@ -262,10 +262,10 @@ def control_sentence(contributions: list[dict], cap: int) -> str | None:
             continue
         lo, hi = number(r["ci_low"]), number(r["ci_high"])
         text = f"{arm.label} reaches {c:.2f} of full RL's gain" + ("" if lo is None else f" (95% CI {lo:.2f} to {hi:.2f})")
-        most, less = CONTROL_READINGS[arm.reward]
-        if lo is not None and lo > 0.5:
+        most, less = CONTROL_READINGS.get(arm.reward, (None, None))  # dup:K+none: no reward to read
+        if most and lo is not None and lo > 0.5:
             text += f": {most}"
-        elif hi is not None and hi < 0.5:
+        elif less and hi is not None and hi < 0.5:
             text += f": {less}"
         parts.append(text)
     if not parts:
