@@ -62,9 +62,8 @@ class Arm:
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 new = [cls("layers", tuple(sorted(item["layers"])), item.get("reward", "correct"))]
-            elif item.split("+")[0] == "layer:all":
-                reward = cls.parse(item.replace("layer:all", "full")).reward
-                new = [cls("layer", (k,), reward) for k in range(num_layers)]
+            elif item.partition("+")[0] == "layer:all":  # the schema allows only a control's reward after it
+                new = [cls("layer", (k,), item.partition("+")[2] or "correct") for k in range(num_layers)]
             else:
                 new = [cls.parse(item)]
             for arm in new:
