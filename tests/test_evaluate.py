@@ -110,3 +110,36 @@ def test_recorded_finish_reasons_match_direct_generate(small_base, eval_study, t
         assert records[doc_id]["token_ids"] == gen[: len(records[doc_id]["token_ids"])]
         reasons.add(expected)
     assert {FINISH_EOS, FINISH_LENGTH} <= reasons  # both outcomes occur, so the check has teeth
+
+
+def test_continued_answers_equal_a_direct_generation_at_the_probe_budget(small_base, eval_study, tmp_path):
+    """eval.probe_budget: answers cut off at the largest budget are continued
+    from their prefix; under greedy decoding (HF) each continued answer is
+    the direct generation at the probe budget, sample for sample, and it
+    costs only the cut-off answers' extra tokens."""
+    from dataclasses import replace
+
+    budgets, probe = (24, 40), 96
+    probed = replace(eval_study, probe_budget=probe)
+    evaluate_model(small_base["model"], probed, budgets, 1, EvalFolder(tmp_path / "probed"))
+    evaluate_model(small_base["model"], eval_study, (probe,), 1, EvalFolder(tmp_path / "direct"))
+    at_40 = {int(r["doc_id"]): r for r in read_csv(tmp_path / "probed" / "per_sample.csv") if r["budget"] == "40"}
+    direct = {int(r["doc_id"]): r for r in read_csv(tmp_path / "direct" / "per_sample.csv")}
+    continued = {int(r["doc_id"]): r for r in read_csv(tmp_path / "probed" / "continued.csv")}
+    assert set(continued) == {d for d, r in at_40.items() if r["truncated"] == "1"} and continued
+    for doc_id, row in continued.items():
+        same = {k: direct[doc_id][k] for k in ("correct", "truncated", "n_tokens", "finish_reason")}
+        assert {k: row[k] for k in same} == same, doc_id
+        assert int(row["extra_tokens"]) >= int(row["n_tokens"]) - 40 > 0
+    assert {r["finish_reason"] for r in continued.values()} - {FINISH_LENGTH}  # some do finish past 40
+    # the continued answers' tokens, prefix included, are the direct run's (generations files)
+    def token_ids(run):
+        path = tmp_path / run / "generations_layerbench_arith.jsonl"
+        return {r["doc_id"]: r["token_ids"] for r in map(json.loads, path.open())}
+
+    gens, ours = token_ids("direct"), token_ids("probed")
+    assert all(gens[d][:40] == ours[d] for d in continued)
+    cost = json.loads((tmp_path / "probed" / "scores.json").read_text())["probe"]
+    assert cost["continued"] == len(continued) and cost["answers"] == len(at_40)
+    assert cost["direct_tokens"] == sum(int(r["n_tokens"]) for r in direct.values())
+    assert cost["extra_tokens"] == sum(int(r["extra_tokens"]) for r in continued.values()) < cost["direct_tokens"]

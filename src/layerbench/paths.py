@@ -90,6 +90,11 @@ class EvalFolder:
     def scores(self) -> Path:
         return self.path / "scores.json"
 
+    @property
+    def continued(self) -> Path:
+        """With ``eval.probe_budget``: the answers cut off at the largest budget, continued to it."""
+        return self.path / "continued.csv"
+
     def samples(self, task: str) -> Path:
         """lm-eval's own samples file."""
         return self.path / f"samples_{task}.jsonl"

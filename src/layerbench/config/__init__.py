@@ -84,6 +84,12 @@ class Study:
         return self.data.synthetic
 
     @property
+    def generation_budget(self) -> int:
+        """The most tokens an evaluation generates for one answer: ``eval.probe_budget``
+        when set (cut-off answers continue to it), else the largest eval budget."""
+        return self.eval.probe_budget or self.limits.max_budget
+
+    @property
     def trained_arms(self) -> tuple[Arm, ...]:
         return tuple(a for a in self.arms if a.trains)
 

@@ -81,6 +81,17 @@ def cross_field_problems(study: Study) -> list[str]:
         if limits.max_budget >= context:
             out.append(f"key 'limits.eval_budgets': budget {limits.max_budget} does not fit the model context "
                        f"{context} (a budget must leave room for the prompt)")
+        if study.eval.probe_budget and study.eval.probe_budget >= context:
+            out.append(f"key 'eval.probe_budget': {study.eval.probe_budget} does not fit the model context "
+                       f"{context} (it must leave room for the prompt)")
+    probe = study.eval.probe_budget
+    if probe is not None and probe <= limits.max_budget:
+        out.append(f"key 'eval.probe_budget': {probe} must exceed the largest of limits.eval_budgets "
+                   f"({limits.max_budget}): it continues the answers cut off there")
+    if probe is not None and study.eval.backend != "hf":
+        out.append(f"key 'eval.probe_budget': {probe} with eval.backend {study.eval.backend!r}: continuation "
+                   f"runs on the hf backend only (layerbench.stages.evaluate.continuation); drop the key or use "
+                   f"eval.backend: hf")
     uri = study.tracking.uri
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if uri and ":" in uri else None
     if uri is not None and scheme not in TRACKING_SCHEMES:

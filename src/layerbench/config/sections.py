@@ -255,6 +255,7 @@ class EvalConfig(Section):
     max_model_len: int | None  # None: model.context_length
     vllm_cpu_kvcache_gb: int
     num_fewshot: int | None  # None: each task's own few-shot setting
+    probe_budget: int | None  # None: answers cut off at the largest budget are not continued
 
     @property
     def greedy(self) -> bool:

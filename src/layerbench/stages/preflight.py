@@ -254,21 +254,29 @@ def buildable_suites(study: Study, report: LimitChecks, reason_offline: str | No
 
 
 def check_budget_context(study: Study, report: LimitChecks, context: int) -> None:
-    """Without a tokenizer: the largest eval budget alone must leave room for a prompt."""
-    budget = study.limits.max_budget
+    """Without a tokenizer: the largest eval budget (or probe budget) alone must leave room for a prompt."""
+    budget = study.generation_budget
     what = "model context"
     if study.eval.backend == "vllm" and study.eval.max_model_len and study.eval.max_model_len < context:
         context, what = study.eval.max_model_len, "eval.max_model_len"
     ok = budget < context
     report.add("eval budget vs context", "limits.eval_budgets", "ok" if ok else "error",
-               f"the largest budget {budget} leaves {context - budget} tokens of the {what} {context} "
+               f"{_budget_name(study)} {budget} leaves {context - budget} tokens of the {what} {context} "
                f"for the prompt (prompt lengths not measured offline)" if ok else
-               f"the largest budget {budget} does not fit the {what} {context} even with an empty prompt; "
-               f"lower limits.eval_budgets", budget=budget, context=context)
+               f"{_budget_name(study)} {budget} does not fit the {what} {context} even with an empty prompt; "
+               f"lower {_budget_key(study)}", budget=budget, context=context)
+
+
+def _budget_name(study: Study) -> str:
+    return "the probe budget" if study.eval.probe_budget else "the largest budget"
+
+
+def _budget_key(study: Study) -> str:
+    return "eval.probe_budget" if study.eval.probe_budget else "limits.eval_budgets"
 
 
 def check_eval(study: Study, report: LimitChecks, tokenizer, context: int, contexts: dict) -> None:
-    budget = study.limits.max_budget
+    budget = study.generation_budget
     if study.eval.backend == "vllm" and study.eval.max_model_len:
         context = min(context, study.eval.max_model_len)  # the eval engine's own limit
     for task, (texts, gen_kwargs, repeats_problem) in contexts.items():
@@ -290,7 +298,7 @@ def check_eval(study: Study, report: LimitChecks, tokenizer, context: int, conte
                    f"{len(texts)} generations per checkpoint, at most {len(texts) * budget:,} tokens at the "
                    f"largest budget", generations=len(texts), tokens=len(texts) * budget)
         report.add("eval context", task, "error" if over else "ok",
-                   f"{over} of {len(texts)} contexts + the largest budget {budget} exceed the model context "
+                   f"{over} of {len(texts)} contexts + {_budget_name(study)} {budget} exceed the model context "
                    f"{context} (longest context {longest} tokens); lm-eval would silently left-truncate them"
                    if over else
                    f"all {len(texts)} contexts + budget {budget} fit the context {context} (longest {longest})",

@@ -22,6 +22,10 @@ false`` generates every budget for real (one lm-eval run per budget).
 
 Finish reasons: ``eos`` (end-of-text token), ``stop`` (a task stop sequence)
 or ``length`` (the budget ran out: *truncated*).
+
+With ``eval.probe_budget``, answers still cut off at the largest budget are
+continued up to it (``continuation``) and written to ``continued.csv``:
+what each arm would have scored if allowed to finish.
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from layerbench.stages.evaluate.backends import (
     make_lm,
     response_text,
 )
+from layerbench.stages.evaluate.continuation import continue_generation
 
 PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
+CONTINUED_COLUMNS = [*PER_SAMPLE_COLUMNS, "extra_tokens"]
 
 
 def evaluate_arm(study: Study, model: Path, base: Path, seed: int, out: Path, arm: Arm | None = None) -> dict:
@@ -95,6 +101,7 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
 
     runs = [max(budgets)] if derive else sorted(budgets)
     rows, scores, lm_samples, gen_records = [], {}, {}, {}
+    probe = Probe(ev.probe_budget, decoding, sampling_seed) if ev.probe_budget else None
     for run_budget in runs:
         by_suite = suite_tasks(ev.suites, manager)
         tasks = {name: task for _, leaves in by_suite for name, task in leaves.items()}
@@ -148,6 +155,8 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
                     rows.append({"task": task_name, "doc_id": doc_id, "repeat": repeat, "budget": budget,
                                  "correct": value, "truncated": int(at_b.truncated),
                                  "n_tokens": len(at_b.token_ids), "finish_reason": at_b.finish_reason})
+                if probe and run_budget == max(budgets):
+                    probe.add(lm, task, task_name, (doc_id, repeat), request, gen, scoring[task_name])
     for task_name in lm_samples:
         scores[task_name] = summarise(rows, task_name, budgets)
 
@@ -159,10 +168,49 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
         atomic_write_csv(folder.per_sample, rows, PER_SAMPLE_COLUMNS)
         record = {"budgets": list(budgets), "derived_budgets": derive, "seed": seed, "tasks": scores,
                   "numerics": numerics}
+        if probe:
+            atomic_write_csv(folder.continued, probe.rows, CONTINUED_COLUMNS)
+            record["probe"] = probe.summary()
         if sampling_seed != seed or ev.backend != "hf":
             record.update(sampling_seed=sampling_seed, backend=ev.backend)
         atomic_write_json(folder.scores, record)
     return scores
+
+
+class Probe:
+    """The continuation of every answer cut off at the largest budget, and
+    what it cost against a direct generation at the probe budget (every
+    answer generated to its end there, which the continued answers tell:
+    under greedy decoding they are that generation)."""
+
+    def __init__(self, budget: int, decoding: dict, seed: int):
+        self.budget, self.decoding, self.seed = budget, decoding, seed
+        self.rows: list[dict] = []
+        self.answers = self.extra_tokens = self.direct_tokens = 0
+        self.seconds = 0.0
+
+    def add(self, lm, task, task_name: str, key: tuple[int, int], request, gen: Generation, scoring) -> None:
+        import time
+
+        self.answers += 1
+        if not gen.truncated:
+            self.direct_tokens += len(gen.token_ids)
+            return
+        start = time.perf_counter()
+        done = continue_generation(lm, request.args[0], gen, self.budget, self.decoding, self.seed)
+        self.seconds += time.perf_counter() - start
+        whole = done.generation
+        _, value = score_response(task, request.doc, response_text(whole, lm.tok_decode), *scoring)
+        self.extra_tokens += done.extra_tokens
+        self.direct_tokens += len(whole.token_ids)
+        self.rows.append({"task": task_name, "doc_id": key[0], "repeat": key[1], "budget": self.budget,
+                          "correct": value, "truncated": int(whole.truncated), "n_tokens": len(whole.token_ids),
+                          "finish_reason": whole.finish_reason, "extra_tokens": done.extra_tokens})
+
+    def summary(self) -> dict:
+        return {"budget": self.budget, "answers": self.answers, "continued": len(self.rows),
+                "still_truncated": sum(r["truncated"] for r in self.rows), "extra_tokens": self.extra_tokens,
+                "direct_tokens": self.direct_tokens, "seconds": round(self.seconds, 3)}
 
 
 def summarise(rows: list[dict], task: str, budgets) -> dict:
