@@ -280,6 +280,11 @@ class StudyPaths:
         return self.results / "contributions.csv"
 
     @property
+    def how_sure(self) -> Path:
+        """Variance by source, seeds needed, continued answers and the layer screen (``analysis.sureness``)."""
+        return self.results / "how_sure.json"
+
+    @property
     def verdicts(self) -> Path:
         """The headline and each C(k)'s verdict, decided once by collect."""
         return self.results / "verdicts.json"

@@ -22,6 +22,7 @@ rule collect:
         samples=P.samples,
         verdicts=P.verdicts,
         costs=P.costs,
+        how_sure=P.how_sure,
     params:
         lb=LB_JOB,
         study=P.study_file,
@@ -32,4 +33,4 @@ rule collect:
         "--contributions {output.contributions} --training {output.training} "
         "--decomposition {output.decomposition} --ranking {output.ranking} --provenance {output.provenance} "
         "--timings {output.timings} --samples {output.samples} --verdicts {output.verdicts} --costs {output.costs} "
-        "> {log} 2>&1"
+        "--how-sure {output.how_sure} > {log} 2>&1"

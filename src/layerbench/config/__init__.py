@@ -90,6 +90,12 @@ class Study:
         return self.eval.probe_budget or self.limits.max_budget
 
     @property
+    def screen_keep(self) -> int:
+        """How many single-layer arms the layer screen keeps: ``rl.screen_keep``, else half, rounded up."""
+        scanned = sum(a.in_layer_scan for a in self.arms)
+        return self.rl.screen_keep or -(-scanned // 2)
+
+    @property
     def trained_arms(self) -> tuple[Arm, ...]:
         return tuple(a for a in self.arms if a.trains)
 

@@ -92,6 +92,7 @@ def cross_field_problems(study: Study) -> list[str]:
         out.append(f"key 'eval.probe_budget': {probe} with eval.backend {study.eval.backend!r}: continuation "
                    f"runs on the hf backend only (layerbench.stages.evaluate.continuation); drop the key or use "
                    f"eval.backend: hf")
+    out += _screen_problems(study)
     uri = study.tracking.uri
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if uri and ":" in uri else None
     if uri is not None and scheme not in TRACKING_SCHEMES:
@@ -110,6 +111,23 @@ def cross_field_problems(study: Study) -> list[str]:
     out += [f"key 'eval.suites.{i}': {p}" for i, p in _suite_problems(study.eval.suites)]
     if study.resources.gpu and study.resources.gpu_memory_gb:
         out += memory_problems(study, study.resources.gpu_memory_gb)
+    return out
+
+
+def _screen_problems(study: Study) -> list[str]:
+    """The layer screen ranks at least two single-layer arms, within the run."""
+    rl, scanned = study.rl, [a for a in study.arms if a.in_layer_scan]
+    if rl.screen_steps is None:
+        return []
+    out = []
+    if rl.screen_steps >= rl.steps:
+        out.append(f"key 'rl.screen_steps': {rl.screen_steps} must be fewer than rl.steps ({rl.steps})")
+    if len(scanned) < 2:
+        out.append(f"key 'rl.screen_steps': the screen ranks single-layer arms (layer:K), and this study has "
+                   f"{len(scanned)}; name at least two (arms: layer:all)")
+    elif rl.screen_keep is not None and rl.screen_keep > len(scanned):
+        out.append(f"key 'rl.screen_keep': {rl.screen_keep} is more than the study's {len(scanned)} single-layer "
+                   f"arms")
     return out
 
 

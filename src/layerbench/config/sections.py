@@ -186,20 +186,23 @@ class RLConfig(Section):
     checkpoint_dtype: str
     save_every: int | None
     save_before_limit: int
+    screen_steps: int | None  # None: no layer screen
+    screen_keep: int | None  # None: half the single-layer arms, rounded up (Study.screen_keep)
 
     def identity(self) -> dict[str, Any]:
         """What distinguishes this arm's training: every field, except the
         GPU-era fields while they hold their schema defaults (stable
         fingerprints) and when checkpoints are written (``save_every``,
-        ``save_before_limit``), which changes no bit of the result."""
+        ``save_before_limit``) and the layer screen's settings, which change no bit of the result."""
         from layerbench.config.schema import defaults_at
 
         later = {k: defaults_at(self.KEY).get(k) for k in _RL_LATER_FIELDS}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RL_CHECKPOINT_FIELDS
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RL_NOT_RESULT_FIELDS
                 and not (f.name in later and getattr(self, f.name) == later[f.name])}
 
 
-_RL_CHECKPOINT_FIELDS = frozenset({"save_every", "save_before_limit"})  # when checkpoints are written
+_RL_NOT_RESULT_FIELDS = frozenset({"save_every", "save_before_limit",  # when checkpoints are written
+                                   "screen_steps", "screen_keep"})  # how the study reads the runs
 _RL_LATER_FIELDS = frozenset({
     "epochs", "mini_batch_prompts", "micro_batch_completions", "loss_type", "weight_decay", "bf16",
     "gradient_checkpointing", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "ref_dtype", "policy_dtype",

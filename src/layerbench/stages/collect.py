@@ -12,6 +12,9 @@
 ``verdicts``      the headline and each C(k)'s verdict (analysis.verdicts)
 ``samples``       the sample browser: a few answers per arm, cut marks placed
                   with the base model's tokenizer
+``how_sure``      variance by source, seeds needed, what cut-off answers score
+                  when continued (``eval.probe_budget``) and the layer screen
+                  (``rl.screen_steps``): ``analysis.sureness``
 
 This is the only stage that reads the runs' and evaluations' folders; the
 report reads these files (and the checks'), so it neither decides nor loads
@@ -28,6 +31,7 @@ import numpy as np
 
 from layerbench.analysis.per_sample import PerSample, PerSampleTable, read_per_sample
 from layerbench.analysis.stats import contributions_from_samples
+from layerbench.analysis.sureness import arm_variance, continuation_effect, screen_agreement
 from layerbench.analysis.truncation import (
     DECOMPOSITION_COLUMNS,
     RANKING_COLUMNS,
@@ -63,7 +67,8 @@ SAMPLES_PER_ARM = 6
 
 
 def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: Path, decomposition: Path,
-            ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path, costs: Path) -> None:
+            ranking: Path, provenance: Path, timings: Path, samples: Path, verdicts: Path, costs: Path,
+            how_sure: Path) -> None:
     study = paths.study
     scored = score_rows(paths)
     atomic_write_csv(scores, scored, SCORE_COLUMNS)
@@ -76,6 +81,7 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     write_provenance(paths, provenance)
     rows, columns = training_rows(paths)
     atomic_write_csv(training, rows, columns)
+    atomic_write_json(how_sure, how_sure_record(paths, table, scored, rows))
     jobs = timing_rows(paths)
     atomic_write_csv(timings, jobs, TIMING_COLUMNS)
     atomic_write_csv(costs, cost_rows(paths, jobs), COST_COLUMNS)
@@ -128,6 +134,83 @@ def contribution_rows(study: Study, table: PerSampleTable) -> list[dict]:
         for c in contributions_from_samples(by_arm):
             rows.append({**c.as_row(), "budget": budget})
     return rows
+
+
+def samples_by_repeat(study: Study, table: PerSampleTable) -> dict[int, dict[str, np.ndarray]]:
+    """{budget: {arm: y[seed, problem, repeat]}}, the problems of every task
+    side by side (tasks with different repeats: each problem's mean, one "repeat")."""
+    out: dict = defaultdict(dict)
+    for budget, by_arm in correctness(study, table).items():
+        for arm, mats in by_arm.items():
+            rows = [r for r in table[(arm, study.seeds[0])] if r.budget == budget]
+            tasks = sorted({r.task for r in rows})
+            repeats = [max(r.repeat for r in rows if r.task == t) + 1 for t in tasks]
+            shaped = [m.reshape(m.shape[0], -1, k) for m, k in zip(mats, repeats)]
+            if len(set(repeats)) > 1:
+                shaped = [y.mean(axis=2, keepdims=True) for y in shaped]
+            out[budget][arm] = np.concatenate(shaped, axis=1)
+    return out
+
+
+def how_sure_record(paths: StudyPaths, table: PerSampleTable, scored: list[dict], training: list[dict]) -> dict:
+    """``how_sure.json``: per budget each arm's variance split and C's, with
+    seeds needed; the continued answers' effect; the layer screen's agreement."""
+    study = paths.study
+    by_budget = samples_by_repeat(study, table)
+    record: dict = {"greedy": study.eval.greedy, "seeds": len(study.seeds),
+                    "variance": {str(b): arm_variance(by_arm, study.eval.greedy)
+                                 for b, by_arm in sorted(by_budget.items())} if len(study.seeds) > 1 else None}
+    if study.eval.probe_budget:
+        record["continuation"] = continuation_record(paths, table)
+    if study.rl.screen_steps:
+        record["screen"] = screen_record(study, scored, training)
+    return record
+
+
+def continuation_record(paths: StudyPaths, table: PerSampleTable) -> dict:
+    """Accuracy at the largest budget and if allowed to finish (the cut-off
+    answers continued to the probe budget), pooled over seeds and tasks, and
+    what the continuation cost against a direct run at the probe budget."""
+    study, top = paths.study, paths.study.limits.max_budget
+    at_max, finished, cut, still, cost = {}, {}, {}, {}, defaultdict(float)
+    for arm in study.arms:
+        per_seed = []
+        for seed in study.seeds:
+            folder = paths.eval(arm, seed)
+            later = {(r["task"], int(r["doc_id"]), int(r["repeat"])): r for r in read_csv(folder.continued)}
+            rows = [r for r in table[(arm.name, seed)] if r.budget == top]
+            probe = json.loads(folder.scores.read_text())["probe"]
+            for k in ("continued", "extra_tokens", "direct_tokens", "answers", "seconds"):
+                cost[k] += probe[k]
+            per_seed.append([(r.task, r.correct, r.truncated,
+                              float(later[r.problem]["correct"]) if r.problem in later else r.correct,
+                              later[r.problem]["truncated"] == "1" if r.problem in later else r.truncated)
+                             for r in rows])
+        at_max[arm.name], cut[arm.name], finished[arm.name], still[arm.name] = (
+            float(np.mean([_task_mean(rows, i) for rows in per_seed])) for i in (1, 2, 3, 4))
+    return {"budget": study.eval.probe_budget, "largest_budget": top, "cost": dict(cost),
+            "arms": continuation_effect(at_max, finished, still, cut)}
+
+
+def _task_mean(rows: list[tuple], column: int) -> float:
+    """Mean over tasks of the task's mean of ``column``."""
+    tasks = sorted({r[0] for r in rows})
+    return float(np.mean([np.mean([float(r[column]) for r in rows if r[0] == t]) for t in tasks]))
+
+
+def screen_record(study: Study, scored: list[dict], training: list[dict]) -> dict:
+    """The layer screen's ranking (mean training reward over steps S/2..S of
+    each single-layer arm, pooled over seeds) against the full runs' eval
+    scores at the training cap and the largest budget."""
+    steps = study.rl.screen_steps
+    scanned = [a.name for a in study.arms if a.in_layer_scan]
+    screen = {arm: float(np.mean([float(r["reward"]) for r in training
+                                  if r["arm"] == arm and steps / 2 < int(r["step"]) <= steps]))
+              for arm in scanned}
+    budgets = sorted({study.limits.max_completion_tokens, study.limits.max_budget} & {r["budget"] for r in scored})
+    full_runs = {b: {arm: float(np.mean([r["accuracy"] for r in scored if r["arm"] == arm and r["budget"] == b]))
+                     for arm in scanned} for b in budgets}
+    return screen_agreement(screen, full_runs, study.rl.steps, steps, study.screen_keep)
 
 
 def training_rows(paths: StudyPaths) -> tuple[list[dict], list[str]]:
@@ -335,13 +418,13 @@ def _pick_problems(answers: dict, budgets: list[int]) -> list[tuple]:
 
 
 OUTPUTS = ("scores", "contributions", "training", "decomposition", "ranking", "provenance", "timings", "samples",
-           "verdicts", "costs")  # collect's files, one flag each
+           "verdicts", "costs", "how_sure")  # collect's files, one flag each
 
 
 def main(argv: list[str] | None = None) -> None:
     """``layerbench stage collect``: every output given as a flag."""
     parser = stage_parser("collect", first_line(__doc__))
     for name in OUTPUTS:
-        parser.add_argument(f"--{name}", required=True)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
     args = parser.parse_args(argv)
     collect(study_paths(args), **{name: Path(getattr(args, name)) for name in OUTPUTS})
