@@ -32,6 +32,7 @@ from layerbench.stages.report.charts import (
 )
 from layerbench.stages.report.contribution import contribution_view
 from layerbench.stages.report.cost import cost_view
+from layerbench.stages.report.how_sure import how_sure_view
 
 
 def csv_or_none(path: Path) -> list[dict] | None:
@@ -98,6 +99,7 @@ def study_view(paths: StudyPaths, label: str | None = None) -> dict:
     v["provenance"] = provenance_view(prov) if prov is not None else None
     v["compute"] = compute_view(csv_or_none(paths.timings), latest_wall_time(paths.wall_time))
     v["freezing"] = cost_view(csv_or_none(paths.costs), num_layers)
+    v["how_sure"] = how_sure_view(json_or_none(paths.how_sure), budgets, cap)
     v["config_yaml"] = yaml.safe_dump(study.raw, sort_keys=True)
     # samples
     samples = json_or_none(paths.samples)
