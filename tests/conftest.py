@@ -143,11 +143,13 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     raw["model"]["build"].update(num_layers=2, sft_steps=300, sft_lr=0.003)
     raw["data"]["synthetic"].update(n_train=600, n_test=40)
     raw["seeds"] = [1]
-    raw["rl"].update(steps=4, prompts_per_step=4, num_generations=4)
+    raw["rl"].update(steps=4, prompts_per_step=4, num_generations=4, screen_steps=2)
     raw["limits"]["eval_budgets"] = [40, 96]
     raw["eval"]["batch_size"] = 40
     for key, value in changes.items():
         raw[key] = value
+    if "arms" in changes:  # the layer screen ranks single-layer arms: a test naming its own arms has none to screen
+        raw["rl"].pop("screen_steps")
     return raw
 
 

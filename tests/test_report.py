@@ -387,7 +387,7 @@ def test_headline_answers_in_one_sentence(studies):
 
     html = studies["alpha"].report.read_text()
     sentence = re.search(r'<p class="verdict (\w+)">(.*?)</p>', html, re.S)
-    assert sentence and sentence.group(1) in ("yes", "no", "partly", "unclear", "undetermined")
+    assert sentence and sentence.group(1) in ("yes", "close", "no", "partly", "unclear", "undetermined")
     assert "40-token training cap" in sentence.group(2) and "96 tokens" in sentence.group(2)
     decided = json.loads(studies["alpha"].verdicts.read_text())["headline"]  # collect decided, the page shows it
     assert (sentence.group(1), unescape(sentence.group(2))) == (decided["answer"], decided["sentence"])
@@ -407,6 +407,12 @@ def test_headline_answers_in_one_sentence(studies):
     assert unclear["answer"] == "unclear" and "spanning both base and full RL" in unclear["sentence"]
     undefined = headline(rows(("layer:0", 40, "", "", "", "full RL gained nothing")), [40], 40)
     assert undefined["answer"] == "undetermined" and "full RL gained nothing" in undefined["sentence"]
+    # the interval includes 1 but allows a shortfall (0.10) larger than one seed's spread of C: not "matches"
+    matching = rows(("layer:1", 40, "0.98", "0.9", "1.1", ""))
+    close = headline(matching, [40], 40, spread={("layer:1", 40): 0.05})
+    assert close["answer"] == "close" and " matches " not in close["sentence"]
+    assert "allows a shortfall of 0.10, more than one seed's spread of 0.05" in close["sentence"]
+    assert headline(matching, [40], 40, spread={("layer:1", 40): 0.2})["answer"] == "yes"
 
 
 def test_sections_without_their_files_say_so(studies):

@@ -46,10 +46,16 @@ def cell_verdicts(contributions: list[dict]) -> list[dict]:
     return out
 
 
-def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: frozenset = frozenset()) -> dict:
+def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: frozenset = frozenset(),
+             spread: dict | None = None) -> dict:
     """Best single layer per budget and one sentence: does it match full RL?
 
-    {"answer": yes/no/partly/unclear/undetermined, "sentence", "budgets": per
+    ``spread`` ((arm, budget) -> the SD of one training seed's C, from the
+    variance split): a layer whose interval includes 1 but also a shortfall
+    larger than that spread is not said to "match": it "cannot be told
+    apart" from full RL (answer ``close``).
+
+    {"answer": yes/close/no/partly/unclear/undetermined, "sentence", "budgets": per
     budget {budget, arm, C, lo, hi, verdict}, or {budget, arm: None, reason,
     verdict: "undefined"}}. Arms whose seeds disagree at a budget (``unstable``,
     (arm, budget) pairs) are not ranked there. Among equal C the first row
@@ -65,8 +71,11 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
             continue
         best = max(defined, key=lambda r: float(r["C"]))
         c, lo, hi = float(best["C"]), number(best["ci_low"]), number(best["ci_high"])
-        per_budget.append({"budget": budget, "arm": best["arm"], "C": c, "lo": lo, "hi": hi,
-                           "verdict": verdict(c, lo, hi)})
+        entry = {"budget": budget, "arm": best["arm"], "C": c, "lo": lo, "hi": hi, "verdict": verdict(c, lo, hi)}
+        seed_sd = (spread or {}).get((best["arm"], budget))
+        if entry["verdict"] == "matches" and seed_sd is not None and lo is not None and 1 - lo > seed_sd:
+            entry["loose"] = {"shortfall": 1 - lo, "seed_sd": seed_sd}
+        per_budget.append(entry)
 
     def where(b):
         return f"the {b['budget']}-token training cap" if b["budget"] == cap else f"{b['budget']} tokens"
@@ -74,6 +83,9 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
     def part(b, first):
         ci = "no CI" if b["lo"] is None else f"{'95% CI ' if first else ''}{b['lo']:.2f} to {b['hi']:.2f}"
         spans = ", spanning both base and full RL" if b["verdict"] == "unclear" else ""
+        if "loose" in b:
+            spans = (f", which allows a shortfall of {b['loose']['shortfall']:.2f}, more than one seed's spread of "
+                     f"{b['loose']['seed_sd']:.2f}")
         return f"{Arm.label_of(b['arm'])} at {where(b)} (C = {b['C']:.2f}, {ci}{spans})"
 
     defined = [b for b in per_budget if b["arm"]]
@@ -86,7 +98,13 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
     else:
         rest = [b for b in defined if b not in good]
         all_short = all(b["verdict"] == "short" for b in rest)
-        if not rest:
+        loose = [b for b in good if "loose" in b]
+        if not rest and loose:
+            answer = "close"
+            lead = (f"Not shown to differ \u2014 at every budget{scope} a single layer cannot be told apart from full "
+                    f"RL, but its interval is wider than the seed spread at {join([str(b['budget']) for b in loose])} "
+                    f"tokens, so a real gap is not ruled out")
+        elif not rest:
             answer, lead = "yes", f"Yes \u2014 a single layer matches full RL at every budget{scope}"
         elif not good and all_short:
             answer, lead = "no", f"No \u2014 no single layer matches full RL at any budget{scope}"
@@ -94,7 +112,8 @@ def headline(contributions: list[dict], budgets: list[int], cap: int, unstable: 
             answer, lead = "unclear", f"Unclear \u2014 no single layer is shown to match full RL at any budget{scope}"
         else:
             answer = "partly"
-            lead = (f"Only at some budgets \u2014 a single layer matches full RL at "
+            lead = (f"Only at some budgets \u2014 a single layer {'cannot be told apart from' if loose else 'matches'} "
+                    f"full RL at "
                     f"{join([str(b['budget']) for b in good])} tokens but {'not' if all_short else 'not clearly'} "
                     f"at {join([str(b['budget']) for b in rest])}")
         sentence = (f"{lead}: " + join([part(b, i == 0) for i, b in enumerate(defined)])
@@ -274,13 +293,13 @@ def control_sentence(contributions: list[dict], cap: int) -> str | None:
 
 
 def study_verdicts(contributions: list[dict], budgets: list[int], cap: int, scores: list[dict],
-                   decomposition: list[dict], ranking: list[dict]) -> dict:
+                   decomposition: list[dict], ranking: list[dict], spread: dict | None = None) -> dict:
     """What ``verdicts.json`` holds: the headline (answer, sentence, and the
     details a careful reader asks next: budget dependence, where the gain came
-    from, unstable arms) and each C(k)'s verdict."""
+    from, unstable arms) and each C(k)'s verdict. ``spread``: see :func:`headline`."""
     unstable = unstable_cells(scores)
     flagged = frozenset((u["arm"], u["budget"]) for u in unstable)
-    head = headline(contributions, budgets, cap, flagged)
+    head = headline(contributions, budgets, cap, flagged, spread)
     best_at_cap = best_arms(head).get(cap)
     details = [control_sentence(contributions, cap),
                budget_dependence(head["budgets"], ranking, contributions, cap),

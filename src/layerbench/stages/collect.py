@@ -81,7 +81,8 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     write_provenance(paths, provenance)
     rows, columns = training_rows(paths)
     atomic_write_csv(training, rows, columns)
-    atomic_write_json(how_sure, how_sure_record(paths, table, scored, rows))
+    sureness = how_sure_record(paths, table, scored, rows)
+    atomic_write_json(how_sure, sureness)
     jobs = timing_rows(paths)
     atomic_write_csv(timings, jobs, TIMING_COLUMNS)
     atomic_write_csv(costs, cost_rows(paths, jobs), COST_COLUMNS)
@@ -89,7 +90,8 @@ def collect(paths: StudyPaths, *, scores: Path, contributions: Path, training: P
     budgets = sorted({r["budget"] for r in scored})
     tasks = sorted({r["task"] for r in scored})
     listed = sorted(c_rows, key=lambda r: (r["budget"], Arm.sort_key_of(r["arm"])))  # the report's order
-    decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens, scored, d_rows, r_rows)
+    decided = study_verdicts(listed, budgets, study.limits.max_completion_tokens, scored, d_rows, r_rows,
+                             seed_spread_of_c(sureness))
     atomic_write_json(verdicts, decided)
     opened = {"base", "full"} | set(best_arms(decided["headline"]).values())
     atomic_write_json(samples, sample_browser(paths, table, tasks, budgets, opened))
@@ -165,6 +167,12 @@ def how_sure_record(paths: StudyPaths, table: PerSampleTable, scored: list[dict]
     if study.rl.screen_steps:
         record["screen"] = screen_record(study, scored, training)
     return record
+
+
+def seed_spread_of_c(sureness: dict) -> dict[tuple[str, int], float]:
+    """(arm, budget) -> the SD of one training seed's C, for the headline's wording."""
+    return {(row["arm"], int(b)): row["C"]["C_spread"] for b, rows in (sureness["variance"] or {}).items()
+            for row in rows if "C" in row}
 
 
 def continuation_record(paths: StudyPaths, table: PerSampleTable) -> dict:
