@@ -148,7 +148,7 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     raw["eval"]["batch_size"] = 40
     for key, value in changes.items():
         raw[key] = value
-    if "arms" in changes:  # the layer screen ranks single-layer arms: a test naming its own arms has none to screen
+    if "layer:all" not in raw["arms"]:  # the layer screen ranks single-layer arms: here there may be none
         raw["rl"].pop("screen_steps")
     return raw
 

@@ -34,7 +34,7 @@ NO_DEFAULT = {
     "rl.ref_dtype": "absent: the policy's dtype",
     "rl.save_every": "absent: no resumable checkpoint until the run ends",
     "rl.screen_steps": "absent: no layer screen",
-    "rl.screen_keep": "absent: half the single-layer arms, which depends on the arms",
+    "rl.screen_keep": "absent: nothing is pruned, the screen is measured only",
     "eval.suites[].include_path": "absent: an lm-eval task",
     "eval.suites[].data_files": "absent: the task's own dataset",
     "eval.suites[].metric": "absent: the task's first metric",

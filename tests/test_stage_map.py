@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-RULE = re.compile(r"^\s*rule (\w+):", re.M)
+RULE = re.compile(r"^\s*(?:rule|checkpoint) (\w+):", re.M)
 
 
 def _stage_map() -> dict[str, dict]:

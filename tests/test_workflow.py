@@ -374,3 +374,58 @@ def test_control_arms_train_pair_and_report_like_any_arm(study_runs, tmp_path):
     assert control.replace("'", "&#39;") in page
     for label in ("layer 1, random reward", "LoRA rank 1", "layer 0 duplicated", "layer 0 duplicated, untrained"):
         assert label in page
+
+
+def test_layer_screen_trains_the_kept_layer_on_from_its_screen_and_reports_the_rest_screened_out(study_runs, tmp_path):
+    """rl.screen_keep: 1 on the finished e2e study (2 layers, rl.screen_steps 2 of 4):
+    both layers run their screen, one is kept and trains on from its screen's
+    checkpoint to the very bits of its uninterrupted run; the other trains
+    no further, is neither evaluated nor checked, and the report names it
+    screened out."""
+    raw, runs = study_runs
+    work = _copy_workdir(runs["wide"], tmp_path / "w")
+    results = work / "results" / "e2e"
+    before = {arm: {f: (results / "runs" / arm / "seed1" / f).read_bytes() for f in ("rollouts.csv", "metrics.csv")}
+              for arm in ("layer-0", "layer-1")}
+    weights = weight_hashes(results)
+    for arm in ("layer-0", "layer-1"):
+        shutil.rmtree(results / "runs" / arm)
+        shutil.rmtree(results / "eval" / arm)
+    study = yaml.safe_load((work / "study.yaml").read_text())
+    assert study["rl"]["screen_steps"] == 2  # the e2e study measures its screen: every layer trained in full
+    study["rl"]["screen_keep"] = 1
+    (work / "study.yaml").write_text(yaml.safe_dump(study))
+    result = run_study(work, 2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    stats = job_stats(result.stdout + result.stderr)
+    assert stats["screen_runs"] == 2 and stats["screen"] == 1, stats
+    screen = json.loads((results / "screen.json").read_text())
+    (kept,), (out,) = screen["kept"], [a for a in screen["ranking"] if a not in screen["kept"]]
+    assert screen["ranking"][0] == kept and screen["screen_steps"] == 2
+    kept_slug, out_slug = kept.replace(":", "-"), out.replace(":", "-")
+    assert not (results / "runs" / out_slug).exists() and not (results / "eval" / out_slug).exists()
+    summary = json.loads((results / "runs" / kept_slug / "seed1" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2
+    after = weight_hashes(results)
+    assert {k: v for k, v in after.items() if kept_slug in k} == {k: v for k, v in weights.items() if kept_slug in k}
+    assert (results / "runs" / kept_slug / "seed1" / "rollouts.csv").read_bytes() == before[kept_slug]["rollouts.csv"]
+    clock = lambda text: [{k: v for k, v in r.items() if k != "step_time"}  # noqa: E731
+                          for r in csv_rows(text)]
+    assert clock((results / "runs" / kept_slug / "seed1" / "metrics.csv").read_text()) == clock(
+        before[kept_slug]["metrics.csv"].decode())
+    # the screen run is the first 2 steps of the run, bit for bit
+    screened = read_csv(results / "screen" / out_slug / "seed1" / "metrics.csv")
+    assert [r["step"] for r in screened] == ["1", "2"]
+    assert {(r["arm"]) for r in read_csv(results / "scores.csv")} == {"base", "full", kept}
+    sure = json.loads((results / "how_sure.json").read_text())["screen"]
+    assert sure["pruned"] and sure["screened_out"] == [out] and sure["steps_saved"] == 1 - (2 * 2 + 1 * 2) / (2 * 4)
+    page = (work / "reports" / "e2e" / "index.html").read_text()
+    label = f"layer {out.split(':')[1]}"
+    assert re.search(r"screened out</strong>, not trained further: " + label, page)
+
+
+def csv_rows(text: str) -> list[dict]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))

@@ -79,6 +79,7 @@ STAGES = {
     "model": "train the tiny base model",
     "preflight": "check every token limit before the compute that depends on it",
     "train": "RL for one (arm, seed)",
+    "screen": "rank the layer screen's runs and keep the top rl.screen_keep",
     "evaluate": "lm-eval a model at every budget",
     "checks": "pairing check and parameter audit (arms), or a re-run's comparison (repro)",
     "collect": "tidy tables, verdicts, sample browser, provenance",

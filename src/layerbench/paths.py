@@ -40,6 +40,12 @@ class RunFolder:
         return self.path.parent / f"{self.path.name}.resume"
 
     @property
+    def screen_checkpoint(self) -> Path:
+        """A screen run's (stage ``screen``): transformers' checkpoint at its last
+        step, which a kept arm's full run resumes from."""
+        return self.path / "resume"
+
+    @property
     def metrics(self) -> Path:
         return self.path / "metrics.csv"
 
@@ -157,7 +163,18 @@ class StudyPaths:
         from layerbench.config import load_study
 
         path = Path(path)
-        return cls(load_study(path), path.parent.parent.parent)
+        paths = cls(load_study(path), path.parent.parent.parent)
+        return paths.after_screen()
+
+    def after_screen(self) -> "StudyPaths":
+        """The paths of the study as its layer screen left it (``Study.after_screen``),
+        once ``screen.json`` is written; unchanged for a study that does not screen."""
+        import dataclasses
+        import json
+
+        if not self.study.screens or not self.screen.exists():
+            return self
+        return dataclasses.replace(self, study=self.study.after_screen(json.loads(self.screen.read_text())["kept"]))
 
     # --- folders ------------------------------------------------------------
     @property
@@ -193,6 +210,25 @@ class StudyPaths:
     def eval_pattern(self) -> str:
         """An evaluation's folder, with the rule wildcards ``arm`` and ``seed``."""
         return str(self.results / "eval" / "{arm}" / "seed{seed}")
+
+    @property
+    def screen_run_pattern(self) -> str:
+        """A layer screen's run (its first ``rl.screen_steps`` steps), wildcards ``arm`` and ``seed``."""
+        return str(self.results / "screen" / "{arm}" / "seed{seed}")
+
+    def screen_run(self, arm: Arm, seed: int) -> RunFolder:
+        return RunFolder(Path(self.screen_run_pattern.format(arm=arm.slug, seed=seed)))
+
+    def all_screen_runs(self) -> list[str]:
+        return [str(self.screen_run(a, s).path) for a in self.study.arms if a.in_layer_scan for s in self.study.seeds]
+
+    def screen_start(self, arm: str, seed: int | str, runs: str) -> list[str]:
+        """What a study run of ``arm`` resumes from: its screen run, when the
+        study screens and it is a single-layer arm (never the repro re-run)."""
+        arm = Arm.parse(arm)
+        if not (self.study.screens and arm.in_layer_scan and runs == "runs"):
+            return []
+        return [str(self.screen_run(arm, int(seed)).path)]
 
     def run(self, arm: Arm, seed: int, runs: str = "runs") -> RunFolder:
         return RunFolder(Path(self.run_pattern.format(runs=runs, arm=arm.slug, seed=seed)))
@@ -278,6 +314,11 @@ class StudyPaths:
     @property
     def contributions(self) -> Path:
         return self.results / "contributions.csv"
+
+    @property
+    def screen(self) -> Path:
+        """The layer screen's ranking and the arms it kept (stage ``screen``)."""
+        return self.results / "screen.json"
 
     @property
     def how_sure(self) -> Path:

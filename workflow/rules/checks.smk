@@ -13,7 +13,7 @@ rule checks:
     input:
         image=IMAGE,
         model=P.base_model,
-        runs=P.all_runs(),
+        runs=after_screen("all_runs"),
     output:
         pairing=P.pairing,
         param_audit=P.param_audit,

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from layerbench.analysis.stats import spearman
+from layerbench.config import Arm
 
 Z_POWER = 1.959964 + 0.841621  # z at 0.975 (two-sided 5%) plus z at 0.8 (power)
 
@@ -129,6 +130,22 @@ def continuation_effect(at_max: dict[str, float], if_finished: dict[str, float],
              "C": c(at_max, arm), "C_if_finished": c(if_finished, arm)} for arm in at_max]
 
 
+def screen_score(metrics: list[dict], screen_steps: int) -> float:
+    """What the layer screen ranks a run by: its mean training reward over
+    steps ``screen_steps``/2 (exclusive) to ``screen_steps``, late enough to
+    show learning, long enough to average the rollouts' noise."""
+    rewards = [float(r["reward"]) for r in metrics if screen_steps / 2 < int(r["step"]) <= screen_steps]
+    if not rewards:
+        raise ValueError(f"no training steps between {screen_steps / 2:g} and {screen_steps} to screen on")
+    return float(np.mean(rewards))
+
+
+def screen_ranking(scores: dict[str, float], keep: int) -> dict:
+    """{"ranking": arms best first (ties: the lower layer first), "kept": the first ``keep``, "scores"}."""
+    order = sorted(scores, key=lambda a: (-scores[a], Arm.parse(a).layers))
+    return {"ranking": order, "kept": order[:keep], "scores": scores}
+
+
 def screen_agreement(screen: dict[str, float], full_runs: dict[int, dict[str, float]], steps: int,
                      screen_steps: int, keep: int) -> dict:
     """The screen's ranking (``screen``: arm -> its score after ``screen_steps``)
@@ -137,8 +154,8 @@ def screen_agreement(screen: dict[str, float], full_runs: dict[int, dict[str, fl
     single-layer training steps a screen keeping ``keep`` arms saves (kept
     arms resume from their screen, so they cost no step twice)."""
     arms = sorted(screen)
-    order = sorted(arms, key=lambda a: -screen[a])
-    kept = order[:keep]
+    ranked = screen_ranking(screen, keep)
+    order, kept = ranked["ranking"], ranked["kept"]
     out = {"screen_steps": screen_steps, "steps": steps, "keep": keep, "ranking": order, "kept": kept,
            "screen_scores": screen, "budgets": []}
     for budget, scores in sorted(full_runs.items()):

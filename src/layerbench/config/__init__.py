@@ -64,6 +64,7 @@ class Study:
     numerics: str
     runtime: str
     raw: dict = field(repr=False, default_factory=dict)  # the defaults-filled config, as written to study.yaml
+    screened_out: tuple[Arm, ...] = ()  # single-layer arms the layer screen did not keep (after_screen)
 
     @property
     def data_source(self) -> str:
@@ -91,9 +92,23 @@ class Study:
 
     @property
     def screen_keep(self) -> int:
-        """How many single-layer arms the layer screen keeps: ``rl.screen_keep``, else half, rounded up."""
-        scanned = sum(a.in_layer_scan for a in self.arms)
+        """How many single-layer arms the layer screen keeps: ``rl.screen_keep``,
+        else (a screen measured only) half, rounded up, for the report's "what it would save"."""
+        scanned = sum(a.in_layer_scan for a in self.arms + self.screened_out)
         return self.rl.screen_keep or -(-scanned // 2)
+
+    @property
+    def screens(self) -> bool:
+        """The DAG screens: ``rl.screen_steps`` and ``rl.screen_keep`` are both set
+        (``screen_steps`` alone: every layer trains in full and the screen is measured)."""
+        return self.rl.screen_steps is not None and self.rl.screen_keep is not None
+
+    def after_screen(self, kept: list[str]) -> "Study":
+        """The study once the layer screen chose: its single-layer arms only the kept ones."""
+        import dataclasses
+
+        out = [a for a in self.arms if a.in_layer_scan and a.name not in kept]
+        return dataclasses.replace(self, arms=tuple(a for a in self.arms if a not in out), screened_out=tuple(out))
 
     @property
     def trained_arms(self) -> tuple[Arm, ...]:

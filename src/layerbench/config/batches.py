@@ -62,6 +62,10 @@ def batch_problem(rl: RLConfig, gpus_per_arm: int = 1) -> str | None:
         return (f"key 'rl.save_every': {rl.save_every} is not a multiple of the {batch.updates_per_rollout} optimizer "
                 f"updates made from one rollout batch; a checkpoint inside a rollout batch could not resume "
                 f"bit-identically (use a multiple of {batch.updates_per_rollout})")
+    if rl.screen_steps and rl.screen_steps % batch.updates_per_rollout:
+        return (f"key 'rl.screen_steps': {rl.screen_steps} is not a multiple of the {batch.updates_per_rollout} "
+                f"optimizer updates made from one rollout batch; the screen's checkpoint, which kept arms resume "
+                f"from, must fall between rollout batches (use a multiple of {batch.updates_per_rollout})")
     if rl.use_vllm and gpus_per_arm % rl.vllm_tensor_parallel_size:
         return (f"key 'rl.vllm_tensor_parallel_size': {rl.vllm_tensor_parallel_size} does not divide "
                 f"resources.gpus_per_arm={gpus_per_arm}")

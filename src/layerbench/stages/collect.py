@@ -31,7 +31,13 @@ import numpy as np
 
 from layerbench.analysis.per_sample import PerSample, PerSampleTable, read_per_sample
 from layerbench.analysis.stats import contributions_from_samples
-from layerbench.analysis.sureness import arm_variance, continuation_effect, screen_agreement
+from layerbench.analysis.sureness import (
+    arm_variance,
+    continuation_effect,
+    screen_agreement,
+    screen_ranking,
+    screen_score,
+)
 from layerbench.analysis.truncation import (
     DECOMPOSITION_COLUMNS,
     RANKING_COLUMNS,
@@ -165,7 +171,7 @@ def how_sure_record(paths: StudyPaths, table: PerSampleTable, scored: list[dict]
     if study.eval.probe_budget:
         record["continuation"] = continuation_record(paths, table)
     if study.rl.screen_steps:
-        record["screen"] = screen_record(study, scored, training)
+        record["screen"] = screen_record(paths, scored, training)
     return record
 
 
@@ -206,19 +212,30 @@ def _task_mean(rows: list[tuple], column: int) -> float:
     return float(np.mean([np.mean([float(r[column]) for r in rows if r[0] == t]) for t in tasks]))
 
 
-def screen_record(study: Study, scored: list[dict], training: list[dict]) -> dict:
-    """The layer screen's ranking (mean training reward over steps S/2..S of
-    each single-layer arm, pooled over seeds) against the full runs' eval
-    scores at the training cap and the largest budget."""
-    steps = study.rl.screen_steps
-    scanned = [a.name for a in study.arms if a.in_layer_scan]
-    screen = {arm: float(np.mean([float(r["reward"]) for r in training
-                                  if r["arm"] == arm and steps / 2 < int(r["step"]) <= steps]))
-              for arm in scanned}
+def screen_record(paths: StudyPaths, scored: list[dict], training: list[dict]) -> dict:
+    """The layer screen against the full runs' eval scores at the training
+    cap and the largest budget. A study that screens (``Study.screens``):
+    its screen runs' ranking (``screen.json``), compared among the kept arms,
+    the only ones trained in full. A screen measured only: every layer's
+    first ``rl.screen_steps`` steps, the same numbers a screen run makes."""
+    study, steps = paths.study, paths.study.rl.screen_steps
+    if study.screens:
+        screen = json.loads(paths.screen.read_text())["scores"]
+    else:
+        scanned = [a.name for a in study.arms if a.in_layer_scan]
+        screen = {arm: float(np.mean([screen_score([r for r in training if r["arm"] == arm and r["seed"] == seed],
+                                                   steps) for seed in study.seeds])) for arm in scanned}
+    trained = [a.name for a in study.arms if a.in_layer_scan]
     budgets = sorted({study.limits.max_completion_tokens, study.limits.max_budget} & {r["budget"] for r in scored})
     full_runs = {b: {arm: float(np.mean([r["accuracy"] for r in scored if r["arm"] == arm and r["budget"] == b]))
-                     for arm in scanned} for b in budgets}
-    return screen_agreement(screen, full_runs, study.rl.steps, steps, study.screen_keep)
+                     for arm in trained} for b in budgets}
+    out = screen_agreement({a: screen[a] for a in trained}, full_runs, study.rl.steps, steps, study.screen_keep)
+    if study.screens:  # the ranking and savings of every arm the screen saw, not only the kept ones
+        out.update(screen_ranking(screen, study.screen_keep), screen_scores=screen, pruned=True,
+                   screened_out=[a.name for a in study.screened_out],
+                   steps_saved=1 - (len(screen) * steps + len(trained) * (study.rl.steps - steps))
+                   / (len(screen) * study.rl.steps))
+    return out
 
 
 def training_rows(paths: StudyPaths) -> tuple[list[dict], list[str]]:

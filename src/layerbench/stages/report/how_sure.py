@@ -26,6 +26,7 @@ def how_sure_view(record: dict | None, budgets: list[int], cap: int) -> dict | N
     if screen:
         screen = {**screen, "ranking": [Arm.label_of(a) for a in screen["ranking"]],
                   "kept": [Arm.label_of(a) for a in screen["kept"]],
+                  "screened_out": [Arm.label_of(a) for a in screen.get("screened_out", [])],
                   "budgets": [{**b, "best": Arm.label_of(b["best"]), "screen_best": Arm.label_of(b["screen_best"])}
                               for b in screen["budgets"]]}
     return {"variance": variance, "continuation": continuation, "screen": screen, "greedy": record["greedy"],

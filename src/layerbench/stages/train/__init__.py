@@ -225,7 +225,7 @@ def trl_loss(rl: RLConfig) -> dict:
 
 def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: Path,
               max_prompt_tokens: int | None = None, n_prompts: int | None = None, use_cpu: bool | None = None,
-              gpus_per_arm: int = 1):
+              gpus_per_arm: int = 1, save_steps: int | None = None):
     """GRPOConfig for one arm; every value comes from the study config.
 
     Batch geometry (all counted in completions, TRL's unit): a rollout batch
@@ -244,6 +244,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
     the engine from the process index; ``engine.seeded_engine`` fixes that."""
     from trl import GRPOConfig
 
+    save_steps = save_steps or rl.save_every  # the screen's job saves at its last step instead
     batch = batch_geometry(rl)
     extra = {}
     if rl.use_vllm:
@@ -284,7 +285,7 @@ def grpo_args(rl: RLConfig, max_completion_tokens: int, seed: int, output_dir: P
         use_cpu=(not _cuda_available()) if use_cpu is None else use_cpu,
         gradient_checkpointing=rl.gradient_checkpointing,
         logging_steps=1,
-        **({"save_strategy": "steps", "save_steps": rl.save_every} if rl.save_every else {"save_strategy": "no"}),
+        **({"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}),
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -311,8 +312,16 @@ def train_arm(
     verifier_name: str = "arith",
     gpus_per_arm: int = 1,
     live=None,
+    stop_after: int | None = None,
+    start_from: Path | None = None,
 ) -> dict:
     """Train one arm; write its run folder atomically (all or nothing).
+
+    The layer screen (``rl.screen_steps``): ``stop_after`` S trains the run's
+    first S steps (same schedule: the optimizer steps of the whole run) and
+    publishes their metrics, rollouts and the checkpoint at S
+    (``RunFolder.screen_checkpoint``) instead of a model; ``start_from`` (a
+    screen run's checkpoint folder) makes a kept arm's full run resume there.
 
     ``gpus_per_arm`` is the study's ``resources.gpus_per_arm``: the
     data-parallel processes of the job (CPU processes on a CPU study).
@@ -363,13 +372,18 @@ def train_arm(
 
     identity = resume.run_identity(arm, seed, rl, base_model, train_file, max_completion_tokens=max_completion_tokens,
                                    max_prompt_tokens=max_prompt_tokens, verifier=verifier_name)
+    if start_from is not None and rank == 0 and resume.latest_checkpoint(out.resume, identity) is None:
+        resume.start_from_screen(start_from, out.resume)
     resume_from = resume.latest_checkpoint(out.resume, identity, tidy=rank == 0)
     started = time.perf_counter()
     folder = atomic_directory(out.path) if rank == 0 else tempfile.TemporaryDirectory(prefix="layerbench-rank")
     with folder as tmp:
         run = RunFolder(Path(tmp))
-        args = grpo_args(rl, max_completion_tokens, seed, out.resume if rl.save_every else run.scratch,
-                         max_prompt_tokens=max_prompt_tokens, n_prompts=len(records), gpus_per_arm=gpus_per_arm)
+        saves = stop_after or rl.save_every
+        checkpoints = run.screen_checkpoint if stop_after else out.resume
+        args = grpo_args(rl, max_completion_tokens, seed, checkpoints if saves else run.scratch,
+                         max_prompt_tokens=max_prompt_tokens, n_prompts=len(records), gpus_per_arm=gpus_per_arm,
+                         save_steps=saves)
         engine_meter = engine.EngineMeter()
         with (engine.seeded_engine(seed, rl.vllm_cpu_kvcache_gb, engine_meter) if rl.use_vllm
               else contextlib.nullcontext()):
@@ -390,14 +404,16 @@ def train_arm(
         if live_metrics is not None:
             trainer.add_callback(live_metrics)
         stop_before_limit = None
-        if rl.save_every:
-            trainer.add_callback(resume.MarkCheckpoints(out.resume, identity, reward, rank))
+        if saves:
+            trainer.add_callback(resume.MarkCheckpoints(checkpoints, identity, reward, rank))
             end_time = job_end_time()
-            if end_time is not None:
+            if end_time is not None and not stop_after:
                 stop_before_limit = resume.StopBeforeLimit(end_time, rl.save_before_limit, rl.save_every)
                 trainer.add_callback(stop_before_limit)
             if arm.tensor_prefixes:  # a lora arm's checkpoint is PEFT's adapter already
                 resume.keep_trained_tensors_only(trainer, arm)
+        if stop_after:
+            trainer.add_callback(resume.StopAfter(stop_after))
         if resume_from is not None:
             resume.restore(resume_from, reward)
             print(f"[resume] train {arm.name} seed {seed}: from {resume_from.name}", flush=True)
@@ -410,7 +426,8 @@ def train_arm(
                   "for Snakemake to resubmit, and the job resumes", flush=True)
             raise SystemExit(resume.EXIT_RESUBMIT)  # the run folder is not published; the checkpoint stays
         seconds = time.perf_counter() - started
-        checkpoint = save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype)
+        checkpoint = (None if stop_after else
+                      save_checkpoint(trainer, tokenizer, arm, base_model, run.checkpoint, rl.checkpoint_dtype))
         rollouts = gather_object(reward.rows)  # every rank's, in rank order
         step0_by_rank = gather_object([reward.step0_sha256])
         prompts_by_rank = gather_object([reward.step0_prompt_sha256])
@@ -444,8 +461,9 @@ def train_arm(
             "train_seconds": round(seconds, 2),
             "optimizer_steps": steps,
             "resumed_from_step": resume.checkpoint_step(resume_from),
+            "screen_steps": stop_after,
             "time_limit_stops": resume.time_limit_stops(out.resume),
-            "seconds_per_step": round(seconds / steps, 4),
+            "seconds_per_step": round(seconds / ((stop_after or steps) - resume.checkpoint_step(resume_from)), 4),
             "rl": asdict(rl),
             "max_completion_tokens": max_completion_tokens,
             "numerics": numerics,
@@ -482,12 +500,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", required=True)
     parser.add_argument("--train", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--screen", action="store_true",
+                        help="the layer screen's run: the first rl.screen_steps steps, and their checkpoint")
+    parser.add_argument("--start-from", help="a screen run (--screen) this run resumes from: a kept arm")
     args = parser.parse_args(argv)
     paths = study_paths(args)
     study = paths.study
     arm = Arm.parse(args.arm)
     live = None
-    # the study's own run of the arm logs live (tracking.live); the repro target's re-run of it does not
+    # the study's own run of the arm logs live (tracking.live); the repro target's re-run and the screen do not
     if study.tracking.live and Path(args.out).resolve() == paths.run(arm, args.seed).path.resolve():
         from layerbench.stages.train.live import LiveMetrics
 
@@ -495,4 +516,6 @@ def main(argv: list[str] | None = None) -> None:
     print(train_arm(Path(args.base), Path(args.train), arm, args.seed, study.rl_for(arm),
                     study.limits.max_completion_tokens, RunFolder(Path(args.out)),
                     max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
-                    gpus_per_arm=study.resources.gpus_per_arm, live=live))
+                    gpus_per_arm=study.resources.gpus_per_arm, live=live,
+                    stop_after=study.rl.screen_steps if args.screen else None,
+                    start_from=RunFolder(Path(args.start_from)).screen_checkpoint if args.start_from else None))

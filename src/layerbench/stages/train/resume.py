@@ -175,3 +175,26 @@ class StopBeforeLimit(TrainerCallback):
         if due[0]:
             control.should_training_stop = True
             self.stopped_at = state.global_step
+
+
+def start_from_screen(screen_checkpoints: Path, folder: Path) -> None:
+    """A kept arm's full run starts where its screen run stopped: the screen's
+    marked checkpoint is copied into the run's resume folder, then resumed
+    like any (``latest_checkpoint`` checks it was written for this run)."""
+    found = [p for p in screen_checkpoints.glob(PREFIX + "*") if (p / MARKER).is_file()]
+    if len(found) != 1:
+        raise ResumeMismatch(f"{screen_checkpoints} holds {len(found)} complete checkpoints, not the screen's one")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(found[0], folder / found[0].name, dirs_exist_ok=True)
+
+
+class StopAfter(TrainerCallback):
+    """The layer screen: stop after ``steps`` optimizer steps, once transformers
+    saved that step (``save_steps``) and ``MarkCheckpoints`` marked it."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
