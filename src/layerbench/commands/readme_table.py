@@ -12,6 +12,7 @@ machine with AVX2 reproduces the blocks exactly.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -59,7 +60,58 @@ def results_block(results: Path) -> str:
               f"Full RL's {float(full['gain']):+.3f} at the cap is {float(full['now_right_was_truncated']):g} problems "
               f"that no longer run out of budget, {float(full['now_right_was_wrong_finished']):g} that now finish "
               f"with the right answer, minus {float(full['lost']):g} lost (per seed, from `decomposition.csv`)."]
+    if files.how_sure.exists():
+        lines += ["", *how_sure_lines(json.loads(files.how_sure.read_text()), cap, top)]
     return "\n".join([begin, *lines, end])
+
+
+def how_sure_lines(record: dict, cap: int, top: int) -> list[str]:
+    """The How-sure figures (``how_sure.json``) as list items: continued answers, variance split, screen."""
+    lines = []
+    cont = record.get("continuation")
+    if cont:
+        cost, arms = cont["cost"], {r["arm"]: r for r in cont["arms"]}
+        moved = ", ".join(f"{arm} {r['accuracy']:.3f} → {r['accuracy_if_finished']:.3f}"
+                          for arm, r in arms.items() if r["accuracy"] != r["accuracy_if_finished"]) or "none"
+        lines.append(f"- **If allowed to finish** (`eval.probe_budget: {cont['budget']}`): "
+                     f"{cost['continued']:g} of {cost['answers']:g} answers were still cut off at {top} tokens. "
+                     f"Continued to {cont['budget']}, accuracy moves for: {moved}; full RL's gain over base "
+                     f"{arms['full']['gain']:+.3f} becomes {arms['full']['gain_if_finished']:+.3f}. It cost "
+                     f"{cost['extra_tokens']:g} generated tokens, {100 * cost['extra_tokens'] / cost['direct_tokens']:.0f}% "
+                     f"of a direct generation of every answer at {cont['budget']}.")
+    variance = (record.get("variance") or {}).get(str(cap))
+    if variance:
+        rows = {r["arm"]: r for r in variance}
+        full = rows["full"]["score"]
+        shares = _shares(full)
+        lines.append(f"- **Variance by source** at the cap, full RL: one seed's SD {full['seed_spread']:.3f}; of the "
+                     f"variance of its {record['seeds']}-seed score, {shares}.")
+        for arm, r in rows.items():
+            if Arm.parse(arm).in_layer_scan and "C" in r:
+                c = r["C"]
+                lines.append(f"  - {arm}: SD of one seed's C {c['C_spread']:.2f}; seeds to tell C = 0.9 from 1: "
+                             f"{c['seeds_for_0.1']}; observed |C − 1| {c['observed_gap']:.2f}, seeds to detect it: "
+                             f"{c['seeds_for_observed'] if c['seeds_for_observed'] is not None else '–'}.")
+    screen = record.get("screen")
+    if screen:
+        agree = "; ".join(f"at {b['budget']} tokens Spearman {_num(b['spearman'])}, best layer {b['best']} "
+                          f"(screen: {b['screen_best']}; {'kept' if b['best_kept'] else 'dropped'} by a screen "
+                          f"keeping {screen['keep']})" for b in screen["budgets"])
+        lines.append(f"- **Layer screen** at {screen['screen_steps']} of {screen['steps']} steps ranks "
+                     f"{', '.join(screen['ranking'])}: {agree}. Keeping {screen['keep']} saves "
+                     f"{100 * screen['steps_saved']:.0f}% of the single-layer training steps.")
+    return lines
+
+
+def _shares(split: dict) -> str:
+    of_mean = split["of_mean"]
+    total = sum(of_mean.values())
+    names = {"seed": "training seed", "problem": "problems", "seed_problem": "seed × problem", "sample": "sampling"}
+    return ", ".join(f"{100 * v / total:.0f}% {names[k]}" for k, v in of_mean.items()) if total else "none"
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def gain_shares(contributions: Path, cap: int) -> dict[str, str]:
