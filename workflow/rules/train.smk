@@ -15,14 +15,13 @@ rule train:
         # this arm together would not retrain it. preflight_train re-runs only
         # when what training reads changes.
         train=rules.preflight_train.output.train,
-        screen=lambda w: P.screen_start(w.arm, w.seed, w.runs),  # a kept arm resumes from its screen run
+        screen=lambda w: P.screen_start(w.arm, w.seed, w.runs),  # a kept arm resumes from it (stage train finds it)
     output:
         directory(P.run_pattern),
     params:
         lb=LB_TRAIN,
         study=P.study_file,
         fingerprint=lambda w: R.arm_fingerprint(w.arm),
-        start=lambda w, input: f"--start-from {input.screen}" if input.screen else "",
         **R.gpu_params("train"),
     threads: R.threads("train", STUDY.rl_for(STUDY.trained_arms[0]).threads)
     resources:
@@ -34,5 +33,5 @@ rule train:
     shell:
         R.gpu_wrap(
             "{params.lb} stage train --study {params.study} --arm {wildcards.arm} --seed {wildcards.seed} "
-            "--base {input.model} --train {input.train} {params.start} --out {output} > {log} 2>&1"
+            "--base {input.model} --train {input.train} --out {output} > {log} 2>&1"
         )

@@ -107,7 +107,7 @@ def _shares(split: dict) -> str:
     of_mean = split["of_mean"]
     total = sum(of_mean.values())
     names = {"seed": "training seed", "problem": "problems", "seed_problem": "seed × problem", "sample": "sampling"}
-    return ", ".join(f"{100 * v / total:.0f}% {names[k]}" for k, v in of_mean.items()) if total else "none"
+    return ", ".join(f"{100 * of_mean[k] / total:.0f}% {name}" for k, name in names.items()) if total else "none"
 
 
 def _num(x) -> str:

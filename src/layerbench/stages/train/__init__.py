@@ -502,7 +502,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--screen", action="store_true",
                         help="the layer screen's run: the first rl.screen_steps steps, and their checkpoint")
-    parser.add_argument("--start-from", help="a screen run (--screen) this run resumes from: a kept arm")
     args = parser.parse_args(argv)
     paths = study_paths(args)
     study = paths.study
@@ -518,4 +517,15 @@ def main(argv: list[str] | None = None) -> None:
                     max_prompt_tokens=study.limits.max_prompt_tokens, verifier_name=study.verifier,
                     gpus_per_arm=study.resources.gpus_per_arm, live=live,
                     stop_after=study.rl.screen_steps if args.screen else None,
-                    start_from=RunFolder(Path(args.start_from)).screen_checkpoint if args.start_from else None))
+                    start_from=screen_start(paths, arm, args.seed, Path(args.out))))
+
+
+def screen_start(paths, arm: Arm, seed: int, out: Path) -> Path | None:
+    """Where a kept arm's study run resumes: its screen run's checkpoint
+    (``StudyPaths.screen_start``, also the rule's input), else None. Found
+    here rather than passed, so that the train rule of a study that does not
+    screen is unchanged and Snakemake retrains nothing."""
+    start = paths.screen_start(arm.name, seed, "runs")
+    if not start or out.resolve() != paths.run(arm, seed).path.resolve():
+        return None
+    return RunFolder(Path(start[0])).screen_checkpoint
