@@ -229,7 +229,8 @@ def screen_record(paths: StudyPaths, scored: list[dict], training: list[dict]) -
     budgets = sorted({study.limits.max_completion_tokens, study.limits.max_budget} & {r["budget"] for r in scored})
     full_runs = {b: {arm: float(np.mean([r["accuracy"] for r in scored if r["arm"] == arm and r["budget"] == b]))
                      for arm in trained} for b in budgets}
-    out = screen_agreement({a: screen[a] for a in trained}, full_runs, study.rl.steps, steps, study.screen_keep)
+    out = {**screen_agreement({a: screen[a] for a in trained}, full_runs, study.rl.steps, steps, study.screen_keep),
+           "pruned": False, "screened_out": []}
     if study.screens:  # the ranking and savings of every arm the screen saw, not only the kept ones
         out.update(screen_ranking(screen, study.screen_keep), screen_scores=screen, pruned=True,
                    screened_out=[a.name for a in study.screened_out],
