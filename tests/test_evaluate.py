@@ -143,3 +143,19 @@ def test_continued_answers_equal_a_direct_generation_at_the_probe_budget(small_b
     assert cost["continued"] == len(continued) and cost["answers"] == len(at_40)
     assert cost["direct_tokens"] == sum(int(r["n_tokens"]) for r in direct.values())
     assert cost["extra_tokens"] == sum(int(r["extra_tokens"]) for r in continued.values()) < cost["direct_tokens"]
+
+
+def test_sampled_continuations_are_seeded_per_answer(small_base, eval_study, tmp_path):
+    """Under sampling a continued answer is a sample given its prefix (not a
+    direct run's: lm-eval's HF stream is shared by the batch), drawn from a
+    stream of its own: a rerun continues every answer the same way."""
+    from dataclasses import replace
+
+    sampled = replace(eval_study, temperature=0.8, top_p=0.95, top_k=20, seed=7, probe_budget=96)
+    for run in ("a", "b"):
+        evaluate_model(small_base["model"], sampled, (24,), 1, EvalFolder(tmp_path / run))
+    first, again = (read_csv(tmp_path / run / "continued.csv") for run in ("a", "b"))
+    assert first == again and len(first) > 0
+    assert {r["finish_reason"] for r in first} - {FINISH_LENGTH}  # continued answers do end
+    at_24 = {r["doc_id"]: r for r in read_csv(tmp_path / "a" / "per_sample.csv")}
+    assert all(at_24[r["doc_id"]]["truncated"] == "1" and int(r["n_tokens"]) > 24 for r in first)

@@ -12,7 +12,8 @@ Which answer it is:
   answer a direct generation at the probe budget gives, token for token
   (``tests/test_evaluate.py`` checks it against a direct lm-eval run);
 - sampling: a sample from the model given the same prefix, seeded by the
-  evaluation's sampling seed, but not the sample a direct run would draw:
+  evaluation's sampling seed and the answer's tokens (so a rerun draws the
+  same), but not the sample a direct run would draw:
   lm-eval's HF sampling uses one random stream for the whole batch, and
   that stream's position cannot be recovered for one answer.
 Only the HF backend continues (``cross_fields`` refuses ``probe_budget``
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from layerbench.stages.evaluate.backends import Generation, trim_generation
+from layerbench.stages.evaluate.backends import Generation, request_seed, trim_generation
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def continue_generation(lm, context: str, gen: Generation, probe_budget: int, de
     prompt = lm.tok_encode(context)
     ids = list(prompt) + list(gen.token_ids)
     kwargs = dict(decoding)
-    if kwargs.get("do_sample"):
-        torch.manual_seed(seed)
+    if kwargs.get("do_sample"):  # a stream of its own per answer: the same continuation on any rerun
+        torch.manual_seed(request_seed(seed, tuple(ids), 0))
     out = HFLM._model_generate(lm, context=torch.tensor([ids], device=lm.device),
                                max_length=len(prompt) + probe_budget, stop=list(gen.stop), **kwargs)
     new = out[0].tolist()[len(ids):]
