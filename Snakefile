@@ -37,7 +37,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/preflight.smk"
-include: "workflow/rules/screen.smk"  # after_screen; before the rules that gather every arm
+include: "workflow/rules/screen.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/checks.smk"

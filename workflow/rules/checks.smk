@@ -13,7 +13,7 @@ rule checks:
     input:
         image=IMAGE,
         model=P.base_model,
-        runs=after_screen("all_runs"),
+        runs=R.after_screen(checkpoints, "all_runs"),
     output:
         pairing=P.pairing,
         param_audit=P.param_audit,

@@ -3,7 +3,7 @@
 # rl.screen_steps steps (rule screen_runs, the train stage with --screen), the
 # checkpoint ranks them and keeps the top rl.screen_keep; rule train then runs
 # only the kept arms on, each resuming from its screen run (P.screen_start), and
-# the rules that gather every arm ask after_screen which those are.
+# the rules that gather every arm ask R.after_screen which those are.
 
 
 rule screen_runs:
@@ -48,15 +48,3 @@ checkpoint screen:
     shell:
         "{params.lb} stage screen --study {params.study} --runs {input.runs} --out {output} > {log} 2>&1"
 
-
-def after_screen(files):
-    """An input function: ``files`` (a StudyPaths method's name) of the study as
-    the screen left it; the study itself when it does not screen."""
-
-    def inputs(wildcards):
-        if not STUDY.screens:
-            return getattr(P, files)()
-        checkpoints.screen.get()  # Snakemake re-evaluates this once the screen has run
-        return getattr(P.after_screen(), files)()
-
-    return inputs
