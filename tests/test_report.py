@@ -35,7 +35,7 @@ TASK = "layerbench_arith"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> #### 7'
 HOSTILE_CONFIG = "<i>evil cpu</i>"
 SECTIONS = ["Does a single layer match full RL?", "Layer contribution C(k) by layer",
-            "Scores: accuracy, accuracy on finished answers, truncation", "Training curves", "Truncation audit",
+            "Scores: accuracy, accuracy on finished answers, truncation", "How sure", "Training curves", "Truncation audit",
             "Preflight: token limits before any compute", "Pairing check, parameter audit, re-run check",
             "Where the update lives", "Provenance", "What freezing saves", "Sample answers"]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -128,7 +128,8 @@ def collect_study(paths) -> None:
 
     collect(paths, scores=paths.scores, contributions=paths.contributions, training=paths.training_metrics,
             decomposition=paths.decomposition, ranking=paths.ranking, provenance=paths.provenance,
-            timings=paths.timings, samples=paths.samples, verdicts=paths.verdicts, costs=paths.costs)
+            timings=paths.timings, samples=paths.samples, verdicts=paths.verdicts, costs=paths.costs,
+            how_sure=paths.how_sure)
 
 
 FWD_BWD = {"full": 0.30, "layer:0": 0.22}  # synthetic seconds per step; other layer arms 0.12
@@ -174,7 +175,7 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
     from layerbench.paths import ModelFolder, StudyPaths
     from layerbench.rules import write_study_file
     from layerbench.stages.checks import run_checks
-    from layerbench.stages.evaluate import summarise
+    from layerbench.stages.evaluate import CONTINUED_COLUMNS, summarise
     from layerbench.stages.preflight import LimitChecks
 
     raw = small_study_raw(name)
@@ -213,8 +214,17 @@ def make_study(root: Path, name: str, *, task: str = TASK, budgets=(40, 96), see
             atomic_write_csv(out.per_sample, rows, list(rows[0]))
             atomic_write_jsonl(out.samples(task), samples)
             atomic_write_jsonl(out.generations(task), generations)
+            # eval.probe_budget: every answer cut off at the largest budget finishes right when continued
+            continued = [{**r, "budget": study.eval.probe_budget, "correct": 1.0, "truncated": 0,
+                          "n_tokens": r["n_tokens"] + 5, "finish_reason": "eos", "extra_tokens": 5}
+                         for r in rows if r["budget"] == top and r["truncated"]]
+            atomic_write_csv(out.continued, continued, CONTINUED_COLUMNS)
+            probe = {"budget": study.eval.probe_budget, "answers": n, "continued": len(continued),
+                     "still_truncated": 0, "extra_tokens": 5 * len(continued),
+                     "direct_tokens": sum(r["n_tokens"] for r in rows if r["budget"] == top) + 5 * len(continued),
+                     "seconds": 0.1}
             atomic_write_json(out.scores, {"budgets": list(budgets), "derived_budgets": True, "seed": seed,
-                                           "tasks": {task: summarise(rows, task, budgets)}})
+                                           "tasks": {task: summarise(rows, task, budgets)}, "probe": probe})
     for arm in study.trained_arms:
         for seed in seeds:
             run = paths.run(arm, seed)
@@ -635,3 +645,27 @@ def test_wall_time_is_the_latest_run_measured_up_to_now_until_it_ends(tmp_path):
     record(wall, "finish")
     finished = latest_wall_time(wall)
     assert finished["complete"] is True and finished["seconds"] >= running["seconds"]
+
+
+def test_how_sure_section_shows_what_collect_measured(studies):
+    """The How-sure section renders how_sure.json: every arm's variance split,
+    the continued answers (here each cut off at the largest budget finishes
+    right) and the layer screen; with one seed it says the split needs more."""
+    alpha = studies["alpha"]
+    record = json.loads(alpha.how_sure.read_text())
+    html = alpha.report.read_text()
+    section = html[html.index('<section id="how-sure">'):]
+    section = section[:section.index("</section>")]
+    cont = {r["arm"]: r for r in record["continuation"]["arms"]}
+    assert record["continuation"]["cost"]["continued"] > 0
+    assert all(r["accuracy_if_finished"] >= r["accuracy"] for r in cont.values())
+    assert any(r["accuracy_if_finished"] > r["accuracy"] for r in cont.values())
+    assert f"{cont['full']['accuracy_if_finished']:.3f}" in section
+    split = {r["arm"]: r for r in record["variance"]["40"]}
+    assert set(split) == {a.name for a in alpha.study.arms}
+    assert sum(split["full"]["score"]["of_mean"].values()) > 0
+    screen = record["screen"]
+    assert screen["screen_steps"] == 2 and not screen["pruned"] and len(screen["budgets"]) == 2
+    assert "Spearman, screen vs full runs" in section and "Measured only" in section
+    sparse = studies["sparse"].report.read_text()
+    assert "One training seed: the seed" in sparse
