@@ -57,7 +57,8 @@ def vllm_eval(small_base, tmp_path_factory):
     budgets = (24, 40, 96)
     tmp = tmp_path_factory.mktemp("vllm-eval")
     _evaluate_in_subprocesses(tmp, {"derived": (small_base["model"], ev, budgets, True),
-                                    "real": (small_base["model"], ev, budgets, False)})
+                                    "real": (small_base["model"], ev, budgets, False),
+                                    "probed": (small_base["model"], replace(ev, probe_budget=96), (24, 40), True)})
     return tmp, budgets
 
 
@@ -74,6 +75,23 @@ def test_vllm_derived_budgets_equal_real_runs_sample_for_sample(vllm_eval):
     assert scores["backend"] == "vllm" and scores["sampling_seed"] == 42
     rates = [scores["tasks"]["layerbench_arith"][str(b)]["truncated_rate"] for b in budgets]
     assert rates[0] > rates[-1]  # the small budget binds: the comparison covers cut answers
+
+
+def test_vllm_continued_answers_equal_a_direct_sampled_run_at_the_probe_budget(vllm_eval):
+    """eval.probe_budget under vLLM sampling: each answer cut off at 40 tokens is
+    replayed from its own seed up to 96, and equals the real run at 96 sample
+    for sample (tokens, finish reason, score)."""
+    tmp, _ = vllm_eval
+    at_40 = {(r["doc_id"], r["repeat"]): r for r in read_csv(tmp / "probed" / "per_sample.csv") if r["budget"] == "40"}
+    direct = {(r["doc_id"], r["repeat"]): r for r in read_csv(tmp / "real" / "per_sample.csv") if r["budget"] == "96"}
+    continued = {(r["doc_id"], r["repeat"]): r for r in read_csv(tmp / "probed" / "continued.csv")}
+    assert set(continued) == {k for k, r in at_40.items() if r["truncated"] == "1"} and continued
+    for key, row in continued.items():
+        assert {k: row[k] for k in ("correct", "truncated", "n_tokens", "finish_reason")} == {
+            k: direct[key][k] for k in ("correct", "truncated", "n_tokens", "finish_reason")}, key
+    probe = json.loads((tmp / "probed" / "scores.json").read_text())["probe"]
+    assert probe["replayed"] == probe["continued"] == len(continued)  # none diverged from its recorded tokens
+    assert {r["finish_reason"] for r in continued.values()} - {"length"}
 
 
 def test_vllm_finish_reasons_are_the_engines(vllm_eval):

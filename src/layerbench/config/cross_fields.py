@@ -88,10 +88,6 @@ def cross_field_problems(study: Study) -> list[str]:
     if probe is not None and probe <= limits.max_budget:
         out.append(f"key 'eval.probe_budget': {probe} must exceed the largest of limits.eval_budgets "
                    f"({limits.max_budget}): it continues the answers cut off there")
-    if probe is not None and study.eval.backend != "hf":
-        out.append(f"key 'eval.probe_budget': {probe} with eval.backend {study.eval.backend!r}: continuation "
-                   f"runs on the hf backend only (layerbench.stages.evaluate.continuation); drop the key or use "
-                   f"eval.backend: hf")
     out += _screen_problems(study)
     uri = study.tracking.uri
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if uri and ":" in uri else None

@@ -56,7 +56,7 @@ from layerbench.stages.evaluate.backends import (
     make_lm,
     response_text,
 )
-from layerbench.stages.evaluate.continuation import continue_generation
+from layerbench.stages.evaluate.continuation import continue_generations
 
 PER_SAMPLE_COLUMNS = ["task", "doc_id", "repeat", "budget", "correct", "truncated", "n_tokens", "finish_reason"]
 CONTINUED_COLUMNS = [*PER_SAMPLE_COLUMNS, "extra_tokens"]
@@ -156,7 +156,9 @@ def evaluate_model(model_dir: Path, ev: EvalConfig, budgets: tuple[int, ...], se
                                  "correct": value, "truncated": int(at_b.truncated),
                                  "n_tokens": len(at_b.token_ids), "finish_reason": at_b.finish_reason})
                 if probe and run_budget == max(budgets):
-                    probe.add(lm, task, task_name, (doc_id, repeat), request, gen, scoring[task_name])
+                    probe.add(task, task_name, (doc_id, repeat), request, gen, scoring[task_name])
+    if probe:
+        probe.run(lm)
     for task_name in lm_samples:
         scores[task_name] = summarise(rows, task_name, budgets)
 
@@ -181,36 +183,46 @@ class Probe:
     """The continuation of every answer cut off at the largest budget, and
     what it cost against a direct generation at the probe budget (every
     answer generated to its end there, which the continued answers tell:
-    under greedy decoding they are that generation)."""
+    they are that generation, except HF sampling's, see ``continuation``)."""
 
     def __init__(self, budget: int, decoding: dict, seed: int):
         self.budget, self.decoding, self.seed = budget, decoding, seed
+        self.pending: list[tuple] = []
         self.rows: list[dict] = []
-        self.answers = self.extra_tokens = self.direct_tokens = 0
+        self.answers = self.extra_tokens = self.direct_tokens = self.replayed = 0
         self.seconds = 0.0
 
-    def add(self, lm, task, task_name: str, key: tuple[int, int], request, gen: Generation, scoring) -> None:
+    def add(self, task, task_name: str, key: tuple[int, int], request, gen: Generation, scoring) -> None:
+        self.answers += 1
+        if gen.truncated:
+            self.pending.append((task, task_name, key, request, gen, scoring))
+        else:
+            self.direct_tokens += len(gen.token_ids)
+
+    def run(self, lm) -> None:
+        """Continue the cut-off answers (in one batch where the backend batches) and score them."""
         import time
 
-        self.answers += 1
-        if not gen.truncated:
-            self.direct_tokens += len(gen.token_ids)
-            return
         start = time.perf_counter()
-        done = continue_generation(lm, request.args[0], gen, self.budget, self.decoding, self.seed)
-        self.seconds += time.perf_counter() - start
-        whole = done.generation
-        _, value = score_response(task, request.doc, response_text(whole, lm.tok_decode), *scoring)
-        self.extra_tokens += done.extra_tokens
-        self.direct_tokens += len(whole.token_ids)
-        self.rows.append({"task": task_name, "doc_id": key[0], "repeat": key[1], "budget": self.budget,
-                          "correct": value, "truncated": int(whole.truncated), "n_tokens": len(whole.token_ids),
-                          "finish_reason": whole.finish_reason, "extra_tokens": done.extra_tokens})
+        continued = continue_generations(lm, [(p[3].args[0], p[4]) for p in self.pending], self.budget,
+                                         self.decoding, self.seed)
+        self.seconds = time.perf_counter() - start
+        for (task, task_name, key, request, _, scoring), done in zip(self.pending, continued):
+            whole = done.generation
+            _, value = score_response(task, request.doc, response_text(whole, lm.tok_decode), *scoring)
+            self.extra_tokens += done.extra_tokens
+            self.direct_tokens += len(whole.token_ids)
+            self.replayed += done.replayed
+            self.rows.append({"task": task_name, "doc_id": key[0], "repeat": key[1], "budget": self.budget,
+                              "correct": value, "truncated": int(whole.truncated),
+                              "n_tokens": len(whole.token_ids), "finish_reason": whole.finish_reason,
+                              "extra_tokens": done.extra_tokens})
 
     def summary(self) -> dict:
         return {"budget": self.budget, "answers": self.answers, "continued": len(self.rows),
-                "still_truncated": sum(r["truncated"] for r in self.rows), "extra_tokens": self.extra_tokens,
-                "direct_tokens": self.direct_tokens, "seconds": round(self.seconds, 3)}
+                "replayed": self.replayed, "still_truncated": sum(r["truncated"] for r in self.rows),
+                "extra_tokens": self.extra_tokens, "direct_tokens": self.direct_tokens,
+                "seconds": round(self.seconds, 3)}
 
 
 def summarise(rows: list[dict], task: str, budgets) -> dict:

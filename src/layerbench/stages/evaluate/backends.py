@@ -11,7 +11,7 @@ ran out: *truncated*).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerbench.config import EvalConfig
@@ -29,6 +29,7 @@ class Generation:
     budget: int
     stop: tuple[str, ...]
     text: str | None = None  # the backend's own text, when it has one (vLLM)
+    params: object = field(default=None, compare=False, repr=False)  # vLLM's SamplingParams: to replay it
 
     def at_budget(self, budget: int) -> "Generation":
         """What the same greedy generation would have been with a smaller cap."""
@@ -129,11 +130,12 @@ def vllm_finish(finish_reason: str | None, stop_reason) -> str:
     return FINISH_EOS
 
 
-def generation_from_vllm(completion, stop, budget: int) -> Generation:
+def generation_from_vllm(completion, stop, budget: int, params=None) -> Generation:
     """A :class:`Generation` from one vLLM ``CompletionOutput`` (token ids,
-    finish reason and vLLM's own text, which lm-eval post-processes)."""
+    finish reason and vLLM's own text, which lm-eval post-processes), with
+    the request's ``params`` (seed included) so it can be replayed."""
     return Generation(tuple(completion.token_ids), vllm_finish(completion.finish_reason, completion.stop_reason),
-                      budget, tuple(stop or ()), completion.text)
+                      budget, tuple(stop or ()), completion.text, params)
 
 
 @functools.cache
@@ -165,7 +167,7 @@ def _recording_vllm_class():
             outputs = super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
             if generate:
                 for ctx, sp, output in zip(requests, params, outputs):
-                    gen = generation_from_vllm(output.outputs[0], sp.stop, sp.max_tokens)
+                    gen = generation_from_vllm(output.outputs[0], sp.stop, sp.max_tokens, sp)
                     self._by_context.setdefault(tuple(ctx), []).append(gen)
                     self.progress.record(gen)
             return outputs
