@@ -380,8 +380,8 @@ def test_layer_screen_trains_the_kept_layer_on_from_its_screen_and_reports_the_r
     """rl.screen_keep: 1 on the finished e2e study (2 layers, rl.screen_steps 2 of 4):
     both layers run their screen, one is kept and trains on from its screen's
     checkpoint to the very bits of its uninterrupted run; the other trains
-    no further, is neither evaluated nor checked, and the report names it
-    screened out."""
+    no further (its jobs publish a marker), is neither evaluated nor checked,
+    and the report names it screened out."""
     raw, runs = study_runs
     work = _copy_workdir(runs["wide"], tmp_path / "w")
     results = work / "results" / "e2e"
@@ -398,12 +398,15 @@ def test_layer_screen_trains_the_kept_layer_on_from_its_screen_and_reports_the_r
     result = run_study(work, 2)
     assert result.returncode == 0, result.stderr[-4000:]
     stats = job_stats(result.stdout + result.stderr)
-    assert stats["screen_runs"] == 2 and stats["screen"] == 1, stats
+    assert stats["screen_runs"] == 2 and stats["screen"] == 1 and stats["train"] == stats["evaluate"] == 2, stats
     screen = json.loads((results / "screen.json").read_text())
     (kept,), (out,) = screen["kept"], [a for a in screen["ranking"] if a not in screen["kept"]]
     assert screen["ranking"][0] == kept and screen["screen_steps"] == 2
     kept_slug, out_slug = kept.replace(":", "-"), out.replace(":", "-")
-    assert not (results / "runs" / out_slug).exists() and not (results / "eval" / out_slug).exists()
+    # the screened-out arm's jobs publish what it is, and nothing to use: no checkpoint, no evaluation
+    assert json.loads((results / "runs" / out_slug / "seed1" / "summary.json").read_text())["screened_out"]
+    assert not (results / "runs" / out_slug / "seed1" / "checkpoint").exists()
+    assert [p.name for p in (results / "eval" / out_slug / "seed1").iterdir()] == ["scores.json"]
     summary = json.loads((results / "runs" / kept_slug / "seed1" / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2
     after = weight_hashes(results)

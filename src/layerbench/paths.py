@@ -222,13 +222,14 @@ class StudyPaths:
     def all_screen_runs(self) -> list[str]:
         return [str(self.screen_run(a, s).path) for a in self.study.arms if a.in_layer_scan for s in self.study.seeds]
 
-    def screen_start(self, arm: str, seed: int | str, runs: str) -> list[str]:
-        """What a study run of ``arm`` resumes from: its screen run, when the
-        study screens and it is a single-layer arm (never the repro re-run)."""
+    def screen_inputs(self, arm: str, seed: int | str, runs: str) -> list[str]:
+        """What a study run of ``arm`` waits for when the study screens and it is
+        a single-layer arm (never the repro re-run): ``screen.json``, whether it
+        was kept, and its screen run, where a kept arm resumes."""
         arm = Arm.parse(arm)
         if not (self.study.screens and arm.in_layer_scan and runs == "runs"):
             return []
-        return [str(self.screen_run(arm, int(seed)).path)]
+        return [str(self.screen), str(self.screen_run(arm, int(seed)).path)]
 
     def run(self, arm: Arm, seed: int, runs: str = "runs") -> RunFolder:
         return RunFolder(Path(self.run_pattern.format(runs=runs, arm=arm.slug, seed=seed)))

@@ -22,24 +22,6 @@ from layerbench.runtime.numerics import identity as numerics_identity
 class RuleSettings:
     study: Study
 
-    # --- the layer screen ------------------------------------------------------
-    def after_screen(self, checkpoints, files: str):
-        """An input function of the rules that gather every arm: ``files`` (a
-        ``StudyPaths`` method's name) of the study as the screen left it, once
-        its checkpoint rule has run (``checkpoints``: the Snakefile's); the
-        study's own when it does not screen."""
-        from layerbench.paths import StudyPaths
-
-        paths = StudyPaths(self.study)
-
-        def inputs(wildcards):
-            if not self.study.screens:
-                return getattr(paths, files)()
-            checkpoints.screen.get()  # Snakemake re-evaluates this once the screen has run
-            return getattr(paths.after_screen(), files)()
-
-        return inputs
-
     # --- change detection ------------------------------------------------------
     def fingerprint(self, *sections: str) -> str:
         raw = self.study.raw

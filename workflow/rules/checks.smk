@@ -13,7 +13,7 @@ rule checks:
     input:
         image=IMAGE,
         model=P.base_model,
-        runs=R.after_screen(checkpoints, "all_runs"),
+        runs=P.all_runs(),
     output:
         pairing=P.pairing,
         param_audit=P.param_audit,

@@ -7,8 +7,8 @@ rule collect:
     """Tidy tables: scores, contributions, truncation audit, training metrics, timings, training costs."""
     input:
         image=IMAGE,
-        runs=R.after_screen(checkpoints, "all_runs"),
-        evals=R.after_screen(checkpoints, "all_evals"),
+        runs=P.all_runs(),
+        evals=P.all_evals(),
         checks=rules.checks.output.checks,
         preflight=rules.preflight_eval.output,
     output:

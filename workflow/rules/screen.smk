@@ -1,9 +1,12 @@
 # Stage screen: the layer screen (rl.screen_steps with rl.screen_keep). Module:
 # layerbench.stages.screen. Every single-layer arm first trains its first
-# rl.screen_steps steps (rule screen_runs, the train stage with --screen), the
-# checkpoint ranks them and keeps the top rl.screen_keep; rule train then runs
-# only the kept arms on, each resuming from its screen run (P.screen_start), and
-# the rules that gather every arm ask R.after_screen which those are.
+# rl.screen_steps steps (rule screen_runs, the train stage with --screen); rule
+# screen ranks them and keeps the top rl.screen_keep in screen.json, an input of
+# every single-layer train job (P.screen_inputs). A kept arm trains on from its
+# screen run; a screened-out arm's train and evaluate jobs publish a marker, and
+# every stage after them reads the study as the screen left it
+# (StudyPaths.after_screen). A static DAG: no checkpoint rule, which Snakemake
+# does not re-run once downstream files exist.
 
 
 rule screen_runs:
@@ -33,7 +36,7 @@ rule screen_runs:
         )
 
 
-checkpoint screen:
+rule screen:
     """Rank the screen runs; screen.json names the kept arms."""
     input:
         image=IMAGE,

@@ -15,7 +15,7 @@ rule train:
         # this arm together would not retrain it. preflight_train re-runs only
         # when what training reads changes.
         train=rules.preflight_train.output.train,
-        screen=lambda w: P.screen_start(w.arm, w.seed, w.runs),  # a kept arm resumes from it (stage train finds it)
+        screen=lambda w: P.screen_inputs(w.arm, w.seed, w.runs),  # screen.json, and the run a kept arm resumes from
     output:
         directory(P.run_pattern),
     params:

@@ -269,5 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--arm", required=True, help="config or path form: layer:3 or layer-3")
     args = parser.parse_args(argv)
-    print(evaluate_arm(study_paths(args).study, Path(args.model), Path(args.base), args.seed, Path(args.out),
-                       Arm.parse(args.arm)))
+    study, arm = study_paths(args).study, Arm.parse(args.arm)
+    if arm in study.screened_out:  # the layer screen did not keep it: nothing to evaluate, and it says so
+        with atomic_directory(Path(args.out)) as tmp:
+            atomic_write_json(EvalFolder(tmp).scores, {"arm": arm.name, "seed": args.seed, "screened_out": True})
+        return
+    print(evaluate_arm(study, Path(args.model), Path(args.base), args.seed, Path(args.out), arm))

@@ -506,6 +506,9 @@ def main(argv: list[str] | None = None) -> None:
     paths = study_paths(args)
     study = paths.study
     arm = Arm.parse(args.arm)
+    if arm in study.screened_out and not args.screen:
+        print(publish_screened_out(RunFolder(Path(args.out)), arm, args.seed))
+        return
     live = None
     # the study's own run of the arm logs live (tracking.live); the repro target's re-run and the screen do not
     if study.tracking.live and Path(args.out).resolve() == paths.run(arm, args.seed).path.resolve():
@@ -522,10 +525,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def screen_start(paths, arm: Arm, seed: int, out: Path) -> Path | None:
     """Where a kept arm's study run resumes: its screen run's checkpoint
-    (``StudyPaths.screen_start``, also the rule's input), else None. Found
+    (``StudyPaths.screen_inputs``, also the rule's inputs), else None. Found
     here rather than passed, so that the train rule of a study that does not
     screen is unchanged and Snakemake retrains nothing."""
-    start = paths.screen_start(arm.name, seed, "runs")
-    if not start or out.resolve() != paths.run(arm, seed).path.resolve():
+    inputs = paths.screen_inputs(arm.name, seed, "runs")
+    if not inputs or out.resolve() != paths.run(arm, seed).path.resolve():
         return None
-    return RunFolder(Path(start[0])).screen_checkpoint
+    return RunFolder(Path(inputs[1])).screen_checkpoint
+
+
+def publish_screened_out(out: RunFolder, arm: Arm, seed: int) -> dict:
+    """A screened-out arm's run folder: a summary that says so, no checkpoint
+    (the DAG is static; every stage after it skips the arm)."""
+    summary = {"arm": arm.name, "seed": seed, "screened_out": True}
+    with atomic_directory(out.path) as tmp:
+        atomic_write_json(RunFolder(Path(tmp)).summary, summary)
+    return summary
