@@ -406,7 +406,8 @@ def test_layer_screen_trains_the_kept_layer_on_from_its_screen_and_reports_the_r
     # the screened-out arm's jobs publish what it is, and nothing to use: no checkpoint, no evaluation
     assert json.loads((results / "runs" / out_slug / "seed1" / "summary.json").read_text())["screened_out"]
     assert not (results / "runs" / out_slug / "seed1" / "checkpoint").exists()
-    assert [p.name for p in (results / "eval" / out_slug / "seed1").iterdir()] == ["scores.json"]
+    assert [p.name for p in (results / "eval" / out_slug / "seed1").iterdir() if not p.name.startswith(".")] == [
+        "scores.json"]
     summary = json.loads((results / "runs" / kept_slug / "seed1" / "summary.json").read_text())
     assert summary["resumed_from_step"] == 2
     after = weight_hashes(results)
