@@ -81,6 +81,8 @@ CASES = [  # (edit, text the message must hold: the key, and what makes it wrong
     (_set("rl.screen_steps", 60), "key 'rl.screen_steps': 60 must be fewer than rl.steps (60)"),
     (_set("rl.screen_keep", 5), "key 'rl.screen_keep': 5 is more than the study's 4 single-layer arms"),
     (lambda raw: raw.update(arms=["base", "full", "layer:1"]), "key 'rl.screen_steps': the screen ranks"),
+    (lambda raw: raw["rl"].update(screen_keep=2) or raw.update(repro={"arm": "layer:1"}),
+     "key 'repro.arm': layer:1 may be screened out"),
     (lambda raw: raw.update(numerics="native") or raw["rl"].update(use_vllm=True), None),
     (_set("eval.backend", "vllm"), "key 'numerics': portable, but eval.backend run vLLM"),
     (_set("rl.use_vllm", True), "key 'numerics': portable, but rl.use_vllm run vLLM"),

@@ -125,3 +125,20 @@ def test_a_train_job_refuses_another_world_size(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="resources.gpus_per_arm.*2 process.*WORLD_SIZE=1"):
         train_arm(tmp_path, tmp_path / "train.jsonl", Arm.parse("full"), 1, RLConfig.defaults(), 8,
                   RunFolder(tmp_path / "run"), gpus_per_arm=2)
+
+
+def test_layer_screen_settings_and_the_study_it_leaves():
+    """rl.screen_steps alone measures the screen; with rl.screen_keep it prunes:
+    Study.after_screen keeps the named layers and lists the rest as screened
+    out, and the repro target, which cannot know the kept layers at load, re-runs full RL."""
+    measured = study_from_dict(small_study_raw())
+    assert measured.rl.screen_steps == 2 and not measured.screens and measured.screen_keep == 1
+    assert measured.repro_arm == Arm("layer", (0,))
+    raw = small_study_raw()
+    raw["rl"]["screen_keep"] = 1
+    pruned = study_from_dict(raw)
+    assert pruned.screens and pruned.repro_arm == Arm("full")
+    after = pruned.after_screen(["layer:1"])
+    assert [a.name for a in after.arms] == ["base", "full", "layer:1"]
+    assert after.screened_out == (Arm("layer", (0,)),) and after.screen_keep == 1
+    assert pruned.rl.identity() == measured.rl.identity()  # no run's bits depend on the screen settings

@@ -119,11 +119,13 @@ class Study:
 
     @property
     def repro_arm(self) -> Arm:
-        """The arm the repro check re-runs: ``repro.arm``, else the first single-layer arm."""
+        """The arm the repro check re-runs: ``repro.arm``, else the first single-layer arm
+        (in a study whose layer screen prunes, which layers stay is not known yet: full RL)."""
         chosen = self.raw.get("repro", {}).get("arm")
         if chosen:
             return Arm.parse(chosen)
-        return next((a for a in self.trained_arms if a.in_layer_scan), self.trained_arms[0])
+        scanned = () if self.screens else (a for a in self.trained_arms if a.in_layer_scan)
+        return next(iter(scanned), self.trained_arms[0])
 
     @property
     def repro_seed(self) -> int:

@@ -124,6 +124,10 @@ def _screen_problems(study: Study) -> list[str]:
     elif rl.screen_keep is not None and rl.screen_keep > len(scanned):
         out.append(f"key 'rl.screen_keep': {rl.screen_keep} is more than the study's {len(scanned)} single-layer "
                    f"arms")
+    chosen = study.raw.get("repro", {}).get("arm")
+    if study.screens and chosen and Arm.parse(chosen).in_layer_scan:
+        out.append(f"key 'repro.arm': {chosen} may be screened out by the layer screen (rl.screen_keep); "
+                   f"re-run an arm that always trains in full, such as full")
     return out
 
 
