@@ -148,8 +148,6 @@ def small_study_raw(name: str = "small", **changes) -> dict:
     raw["eval"]["batch_size"] = 40
     for key, value in changes.items():
         raw[key] = value
-    if "layer:all" not in raw["arms"]:  # the layer screen ranks single-layer arms: here there may be none
-        raw["rl"].pop("screen_steps")
     return raw
 
 

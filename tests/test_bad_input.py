@@ -80,7 +80,9 @@ CASES = [  # (edit, text the message must hold: the key, and what makes it wrong
     (_set("eval.probe_budget", 300), "key 'eval.probe_budget': 300 does not fit the model context 256"),
     (_set("rl.screen_steps", 60), "key 'rl.screen_steps': 60 must be fewer than rl.steps (60)"),
     (_set("rl.screen_keep", 5), "key 'rl.screen_keep': 5 is more than the study's 4 single-layer arms"),
-    (lambda raw: raw.update(arms=["base", "full", "layer:1"]), "key 'rl.screen_steps': the screen ranks"),
+    (lambda raw: raw.update(arms=["base", "full", "layer:1"]) or raw["rl"].update(screen_keep=1),
+     "key 'rl.screen_steps': the screen ranks"),
+    (lambda raw: raw.update(arms=["base", "full", "layer:1"]), None),  # a screen measured only: nothing to rank
     (lambda raw: raw["rl"].update(screen_keep=2) or raw.update(repro={"arm": "layer:1"}),
      "key 'repro.arm': layer:1 may be screened out"),
     (lambda raw: raw.update(numerics="native") or raw["rl"].update(use_vllm=True), None),

@@ -72,7 +72,8 @@ def test_caps_over_model_context(small_base, tmp_path):
 
 def test_eval_context_plus_budget_over_model_context(small_base, tmp_path):
     with pytest.raises(PreflightError) as info:
-        _run(small_base, tmp_path, lambda r: (_declare_context(r), r["limits"].update(eval_budgets=[40, 250])))
+        _run(small_base, tmp_path, lambda r: (_declare_context(r), r["limits"].update(eval_budgets=[40, 250]),
+                                                    r["eval"].pop("probe_budget")))
     assert "left-truncate" in str(info.value) and "budget 250" in str(info.value)
 
 

@@ -118,7 +118,7 @@ def _screen_problems(study: Study) -> list[str]:
     out = []
     if rl.screen_steps >= rl.steps:
         out.append(f"key 'rl.screen_steps': {rl.screen_steps} must be fewer than rl.steps ({rl.steps})")
-    if len(scanned) < 2:
+    if len(scanned) < 2 and rl.screen_keep is not None:  # measured only: the report says there is nothing to rank
         out.append(f"key 'rl.screen_steps': the screen ranks single-layer arms (layer:K), and this study has "
                    f"{len(scanned)}; name at least two (arms: layer:all)")
     elif rl.screen_keep is not None and rl.screen_keep > len(scanned):

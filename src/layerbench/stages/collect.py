@@ -170,7 +170,7 @@ def how_sure_record(paths: StudyPaths, table: PerSampleTable, scored: list[dict]
                                  for b, by_arm in sorted(by_budget.items())} if len(study.seeds) > 1 else None}
     if study.eval.probe_budget:
         record["continuation"] = continuation_record(paths, table)
-    if study.rl.screen_steps:
+    if study.rl.screen_steps and (study.screens or sum(a.in_layer_scan for a in study.arms) > 1):
         record["screen"] = screen_record(paths, scored, training)
     return record
 
