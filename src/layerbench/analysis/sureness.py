@@ -140,6 +140,13 @@ def screen_score(metrics: list[dict], screen_steps: int) -> float:
     return float(np.mean(rewards))
 
 
+def pooled_screen_scores(metrics: dict[tuple[str, int], list[dict]], screen_steps: int) -> dict[str, float]:
+    """{arm: its screen score, the mean over seeds} from (arm, seed) -> that run's metrics rows."""
+    arms = sorted({arm for arm, _ in metrics}, key=Arm.sort_key_of)
+    return {arm: float(np.mean([screen_score(rows, screen_steps) for (a, _), rows in sorted(metrics.items())
+                                if a == arm])) for arm in arms}
+
+
 def screen_ranking(scores: dict[str, float], keep: int) -> dict:
     """{"ranking": arms best first (ties: the lower layer first), "kept": the first ``keep``, "scores"}."""
     order = sorted(scores, key=lambda a: (-scores[a], Arm.parse(a).layers))

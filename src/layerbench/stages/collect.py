@@ -35,8 +35,8 @@ from layerbench.analysis.sureness import (
     arm_variance,
     continuation_effect,
     screen_agreement,
+    pooled_screen_scores,
     screen_ranking,
-    screen_score,
 )
 from layerbench.analysis.truncation import (
     DECOMPOSITION_COLUMNS,
@@ -222,9 +222,8 @@ def screen_record(paths: StudyPaths, scored: list[dict], training: list[dict]) -
     if study.screens:
         screen = json.loads(paths.screen.read_text())["scores"]
     else:
-        scanned = [a.name for a in study.arms if a.in_layer_scan]
-        screen = {arm: float(np.mean([screen_score([r for r in training if r["arm"] == arm and r["seed"] == seed],
-                                                   steps) for seed in study.seeds])) for arm in scanned}
+        screen = pooled_screen_scores({(a.name, seed): [r for r in training if r["arm"] == a.name and r["seed"] == seed]
+                                       for a in study.arms if a.in_layer_scan for seed in study.seeds}, steps)
     trained = [a.name for a in study.arms if a.in_layer_scan]
     budgets = sorted({study.limits.max_completion_tokens, study.limits.max_budget} & {r["budget"] for r in scored})
     full_runs = {b: {arm: float(np.mean([r["accuracy"] for r in scored if r["arm"] == arm and r["budget"] == b]))

@@ -3,7 +3,7 @@
 Each screen run is the train stage's (``layerbench stage train --screen``):
 an arm's first ``rl.screen_steps`` steps on the whole run's schedule, with
 the checkpoint at that step. This stage ranks the arms by
-``analysis.sureness.screen_score`` pooled over seeds and writes
+``analysis.sureness.pooled_screen_scores`` and writes
 ``screen.json``; Snakemake reads it (a ``checkpoint`` rule) to train only the
 kept arms on, each resuming from its screen run, and every later stage sees
 the study ``Study.after_screen`` makes, the others listed as screened out.
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from layerbench.analysis.sureness import screen_ranking, screen_score
+from layerbench.analysis.sureness import pooled_screen_scores, screen_ranking
 from layerbench.config import Arm
 from layerbench.paths import RunFolder
 from layerbench.runtime.io import atomic_write_json, read_csv
@@ -24,9 +22,8 @@ from layerbench.runtime.stage_command import first_line, stage_parser, study_pat
 
 def rank_screen(study, runs: dict[tuple[str, int], Path], out: Path) -> dict:
     """``runs``: (arm, seed) -> its screen run folder."""
-    arms = sorted({arm for arm, _ in runs}, key=Arm.sort_key_of)
-    scores = {arm: float(np.mean([screen_score(read_csv(RunFolder(path).metrics), study.rl.screen_steps)
-                                  for (a, _), path in sorted(runs.items()) if a == arm])) for arm in arms}
+    scores = pooled_screen_scores({key: read_csv(RunFolder(path).metrics) for key, path in runs.items()},
+                                  study.rl.screen_steps)
     record = {"screen_steps": study.rl.screen_steps, "steps": study.rl.steps, "keep": study.screen_keep,
               "seeds": list(study.seeds), **screen_ranking(scores, study.screen_keep)}
     atomic_write_json(out, record)
